@@ -1,0 +1,41 @@
+"""Names of what a trial and a study record. The report reads only these."""
+
+# Trial user attributes.
+ARCH = "arch"  # spec string of the deployed network (after pruning): rebuilds it
+ARCH_SAMPLED = "arch_sampled"  # spec string as sampled, before pruning
+COMPRESSION = "compression"
+PRUNE_RATIO = "prune_ratio"
+CHANNEL_ROUND = "channel_round"
+QUANT = "quant"
+CALIB_METHOD = "calib_method"
+PARAMS = "params"
+PARAMS_BEFORE_PRUNE = "params_before_prune"
+MACS = "macs"
+SIZE_BYTES = "size_bytes"  # the deployed ONNX file
+SIZE_BYTES_FP32 = "size_bytes_fp32"  # the fp32 export of the same (pruned) network
+ACCURACY = "accuracy"  # validation split, deployed ONNX file under ONNX Runtime
+ACCURACY_TORCH = "accuracy_torch"  # validation split, the PyTorch model before export
+ACCURACY_BEFORE_QUANT = "accuracy_before_quant"  # validation split, fp32 ONNX
+PARITY_MAX_DIFF = "parity_max_abs_diff"
+LATENCY_P50 = "latency_ms_p50"
+LATENCY_P90 = "latency_ms_p90"
+LATENCY = "latency"  # all statistics of the measurement
+LATENCY_CACHED = "latency_cached"  # the measurement came from the cache
+TARGET = "target"
+MEASURED_ON = "measured_on"  # host, cpu, arch, onnxruntime version, emulated
+ONNX_SHA256 = "onnx_sha256"  # key of the deployed file in the model store
+CONSTRAINT_VIOLATION = "constraint_violation"  # per constraint, > 0 means broken
+REJECTED = "rejected"  # why the cost stage refused the candidate before training
+FAILED_STAGE = "failed_stage"
+FAIL_REASON = "fail_reason"
+SECONDS_PREFIX = "seconds_"  # seconds_<stage> for each stage of the trial
+TRAIN_LOSS = "train_loss"
+WORKER = "worker"  # {"host", "pid"} of the process that ran the trial
+
+# Study user attributes.
+STUDY_CONFIG = "config"
+STUDY_TEST_ACCURACY = "test_accuracy"  # {trial number: test accuracy}, front members only
+
+# Objectives, in order.
+METRIC_NAMES = ("accuracy", "latency_ms", "size_kb")
+DIRECTIONS = ("maximize", "minimize", "minimize")

@@ -1,0 +1,159 @@
+"""Latency of an ONNX file under ONNX Runtime: warm-up, repeated timed runs, statistics.
+
+This module imports only onnxruntime, numpy and the standard library: the board agent
+runs it on the target, where torch is not installed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import socket
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+
+@dataclass(frozen=True)
+class TimingPlan:
+    """How long to time: enough runs for a stable median, bounded in time."""
+
+    warmup_runs: int = 10
+    warmup_seconds: float = 0.2  # warm-up lasts at least this (caches, thread pools, CPU clocks)
+    min_runs: int = 50
+    min_seconds: float = 0.5
+    max_runs: int = 2000
+    max_seconds: float = 10.0  # stop early on a very slow model; stats still from >= 5 runs
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    p50_ms: float
+    p90_ms: float
+    p10_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    runs: int
+
+    @property
+    def spread(self) -> float:
+        """(p90 - p10) / p50: the relative width of the central 80% of runs."""
+        return (self.p90_ms - self.p10_ms) / self.p50_ms if self.p50_ms > 0 else math.inf
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "spread": self.spread}
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default method) of already sorted values."""
+    if not sorted_values:
+        raise ValueError("no values")
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def latency_stats(samples_ms: list[float]) -> LatencyStats:
+    if len(samples_ms) < 2:
+        raise ValueError(f"need at least 2 timed runs, got {len(samples_ms)}")
+    s = sorted(samples_ms)
+    return LatencyStats(
+        p50_ms=percentile(s, 50),
+        p90_ms=percentile(s, 90),
+        p10_ms=percentile(s, 10),
+        mean_ms=statistics.fmean(s),
+        std_ms=statistics.stdev(s),
+        min_ms=s[0],
+        max_ms=s[-1],
+        runs=len(s),
+    )
+
+
+def make_session(
+    onnx_bytes: bytes, threads: int | None, provider: str = "CPUExecutionProvider"
+) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default, one per core
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(onnx_bytes, options, providers=[provider])
+
+
+def sample_input(session: ort.InferenceSession, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """A random input of the model's shape (dynamic dimensions set to ``batch``)."""
+    inp = session.get_inputs()[0]
+    shape = [d if isinstance(d, int) else batch for d in inp.shape]
+    dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+    return {inp.name: np.random.default_rng(seed).standard_normal(shape).astype(dtype)}
+
+
+def time_session(
+    session: ort.InferenceSession, feed: dict[str, np.ndarray], plan: TimingPlan = TimingPlan()
+) -> list[float]:
+    """Milliseconds of each timed run, after warm-up."""
+    start = time.perf_counter()
+    n = 0
+    while n < plan.warmup_runs or time.perf_counter() - start < plan.warmup_seconds:
+        session.run(None, feed)
+        n += 1
+        if time.perf_counter() - start > plan.max_seconds:
+            break
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < plan.max_runs:
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        samples.append((time.perf_counter() - t0) * 1000.0)
+        elapsed = time.perf_counter() - start
+        if len(samples) >= plan.min_runs and elapsed >= plan.min_seconds:
+            break
+        if elapsed >= plan.max_seconds and len(samples) >= 5:
+            break
+    return samples
+
+
+def measure_latency(
+    onnx_bytes: bytes,
+    threads: int | None,
+    provider: str = "CPUExecutionProvider",
+    plan: TimingPlan = TimingPlan(),
+) -> LatencyStats:
+    """Batch-1 latency of the model on this machine."""
+    session = make_session(onnx_bytes, threads, provider)
+    return latency_stats(time_session(session, sample_input(session), plan))
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "Hardware", "cpu model"):
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info(threads: int | None = None) -> dict:
+    """Where a latency was measured: the provenance every measurement carries."""
+    return {
+        "host": socket.gethostname(),
+        "cpu": cpu_model(),
+        "arch": platform.machine(),
+        "cores": os.cpu_count(),
+        "threads": threads or os.cpu_count(),
+        "onnxruntime": ort.__version__,
+        "providers": ort.get_available_providers(),
+        # Set by the emulated-board script: its timings are not the board's.
+        "emulated": os.environ.get("EDGENAS_EMULATED", "") not in ("", "0"),
+    }

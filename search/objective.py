@@ -1,0 +1,230 @@
+"""One trial: sample, cost, train, prune, export, quantize, evaluate, measure.
+
+This is the only module that touches ``optuna.Trial``; each stage is a plain function
+of plain values, chained here. A stage that fails raises :class:`StageFailed`, which
+the study records as a failed trial (with the stage and the reason) before going on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+import torch
+
+import spaces
+from spaces import Candidate, MobileNetV3Space, build_model
+
+from . import attrs
+from .config import StudyConfig
+from .cost import count_cost
+from .data import Dataset
+from .evaluate import onnx_accuracy
+from .export import check_parity, export_onnx
+from .progress import SearchProgress
+from .prune import prune
+from .quantize import quantize
+from .store import Store
+from .study import worker_id
+from .targets import Target
+from .teacher import Teacher
+from .train import TrainConfig, accuracy, fit, predict_logits
+
+log = logging.getLogger(__name__)
+
+STAGES = ("cost", "train", "prune", "export", "quantize", "evaluate", "measure")
+BN_SAMPLES = 1024  # training images that re-estimate batch-norm statistics after pruning
+
+
+class StageFailed(Exception):
+    def __init__(self, stage: str, reason: str):
+        super().__init__(f"{stage}: {reason}")
+        self.stage = stage
+        self.reason = reason
+
+
+@dataclass
+class TrialContext:
+    """What every trial of a study shares."""
+
+    config: StudyConfig
+    space: MobileNetV3Space
+    data: Dataset
+    teacher: Teacher
+    target: Target
+    measurer: object  # LocalMeasurer / AgentMeasurer, usually behind a CachedMeasurer
+    store: Store
+    progress: SearchProgress
+
+
+def sample_candidate(trial: optuna.Trial, ctx: TrialContext) -> Candidate:
+    data, target = ctx.data, ctx.target
+    arch = spaces.sample_arch(trial, ctx.space, data.in_chs, data.resolution, data.num_classes)
+    compression = spaces.sample_compression(
+        trial, target.quant_modes, target.channel_rounds, target.prune_ratios
+    )
+    return Candidate(arch, compression)
+
+
+def run_trial(trial: optuna.Trial, ctx: TrialContext) -> tuple[float, float, float]:
+    cfg, data = ctx.config, ctx.data
+    trial.set_user_attr(attrs.WORKER, worker_id())
+    candidate = sample_candidate(trial, ctx)
+    comp = candidate.compression
+    trial.set_user_attr(attrs.ARCH_SAMPLED, str(candidate.arch))
+    trial.set_user_attr(attrs.COMPRESSION, str(comp))
+    trial.set_user_attr(attrs.PRUNE_RATIO, comp.prune_ratio)
+    trial.set_user_attr(attrs.CHANNEL_ROUND, comp.channel_round)
+    trial.set_user_attr(attrs.QUANT, comp.quant)
+    trial.set_user_attr(attrs.CALIB_METHOD, comp.calib_method)
+    trial.set_user_attr(attrs.TARGET, ctx.target.name)
+    torch.manual_seed(cfg.seed * 100_003 + trial.number)
+    example = data.train.x[:1]
+    calibration = _calibration_samples(data, cfg.calib_samples, cfg.seed)
+    metadata = {"dataset": data.name, "classes": ",".join(data.classes), "mean": _csv(data.mean), "std": _csv(data.std)}
+
+    with _stage(trial, ctx, "cost"):
+        model = build_model(candidate.arch)
+        trial.set_user_attr(attrs.PARAMS_BEFORE_PRUNE, count_cost(model, data.in_chs, data.resolution).params)
+        if cfg.max_latency_ms is not None or cfg.max_size_kb is not None:
+            _reject_if_over_budget(trial, ctx, candidate, example, calibration, metadata)
+
+    teacher_logits = ctx.teacher.train_logits
+    with _stage(trial, ctx, "train"):
+        train_cfg = _train_config(cfg, cfg.epochs, trial.number)
+        loss = fit(model, data.train, train_cfg, teacher_logits, on_progress=ctx.progress.fraction)
+        trial.set_user_attr(attrs.TRAIN_LOSS, loss)
+
+    with _stage(trial, ctx, "prune"):
+        if comp.prune_ratio > 0:
+            per_step = cfg.finetune_epochs / cfg.prune_steps
+
+            def finetune(m, step):
+                if per_step > 0:
+                    fit(m, data.train, _train_config(cfg, per_step, trial.number), teacher_logits)
+
+            bn_data = data.train.x[:BN_SAMPLES]
+            prune(model, comp.prune_ratio, comp.channel_round, example, cfg.prune_steps, bn_data, finetune)
+        cost = count_cost(model, data.in_chs, data.resolution)
+        trial.set_user_attr(attrs.ARCH, str(model.spec))
+        trial.set_user_attr(attrs.PARAMS, cost.params)
+        trial.set_user_attr(attrs.MACS, cost.macs)
+        trial.set_user_attr(attrs.ACCURACY_TORCH, accuracy(predict_logits(model, data.val.x), data.val.y))
+
+    with _stage(trial, ctx, "export"):
+        fp32 = export_onnx(model, example, {**metadata, "arch": str(model.spec)})
+        trial.set_user_attr(attrs.PARITY_MAX_DIFF, check_parity(fp32, model, data.val.x[:64]))
+        trial.set_user_attr(attrs.SIZE_BYTES_FP32, len(fp32))
+
+    with _stage(trial, ctx, "quantize"):
+        deployed = _quantize(fp32, comp, calibration, ctx.target)
+
+    with _stage(trial, ctx, "evaluate"):
+        acc = onnx_accuracy(deployed, data.val)
+        acc_fp32 = acc if comp.quant == "fp32" else onnx_accuracy(fp32, data.val)
+        trial.set_user_attr(attrs.ACCURACY, acc)
+        trial.set_user_attr(attrs.ACCURACY_BEFORE_QUANT, acc_fp32)
+        trial.set_user_attr(attrs.SIZE_BYTES, len(deployed))
+        trial.set_user_attr(attrs.ONNX_SHA256, ctx.store.put_model(deployed))
+
+    with _stage(trial, ctx, "measure"):
+        m = ctx.measurer.measure(deployed)
+        trial.set_user_attr(attrs.LATENCY_P50, m.stats.p50_ms)
+        trial.set_user_attr(attrs.LATENCY_P90, m.stats.p90_ms)
+        trial.set_user_attr(attrs.LATENCY, m.stats.as_dict())
+        trial.set_user_attr(attrs.LATENCY_CACHED, m.cached)
+        trial.set_user_attr(attrs.MEASURED_ON, m.measured_on)
+
+    size_kb = len(deployed) / 1024.0
+    _record_constraints(trial, cfg, m.stats.p50_ms, size_kb)
+    return acc, m.stats.p50_ms, size_kb
+
+
+def _train_config(cfg: StudyConfig, epochs: float, trial_number: int) -> TrainConfig:
+    return TrainConfig(
+        epochs=epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        alpha=cfg.alpha,
+        temperature=cfg.temperature,
+        seed=cfg.seed * 100_003 + trial_number,
+    )
+
+
+def _quantize(fp32: bytes, comp, calibration: np.ndarray, target: Target) -> bytes:
+    return quantize(
+        fp32,
+        comp.quant,
+        calibration=calibration if comp.quant == "int8-static" else None,
+        calib_method=comp.calib_method,
+        activation_type=target.activation_type,
+        weight_type=target.weight_type,
+    )
+
+
+def _calibration_samples(data: Dataset, n: int, seed: int) -> np.ndarray:
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data.train), generator=g)[: min(n, len(data.train))]
+    return data.train.x[idx].numpy()
+
+
+def _record_constraints(trial: optuna.Trial, cfg: StudyConfig, latency_ms: float | None, size_kb: float) -> None:
+    """How far over each hard limit the candidate is (> 0: broken), for the samplers and the report.
+    An unmeasured latency of a rejected candidate counts as broken."""
+    violations = []
+    if cfg.max_latency_ms is not None:
+        over = 1.0 if latency_ms is None else latency_ms - cfg.max_latency_ms
+        trial.set_constraint("latency_ms", over)
+        violations.append(over)
+    if cfg.max_size_kb is not None:
+        trial.set_constraint("size_kb", size_kb - cfg.max_size_kb)
+        violations.append(size_kb - cfg.max_size_kb)
+    trial.set_user_attr(attrs.CONSTRAINT_VIOLATION, violations)
+
+
+def _reject_if_over_budget(trial, ctx, candidate, example, calibration, metadata) -> None:
+    """Latency and size depend on shapes, not on trained weights: measure the untrained
+    network, pruned and quantized as the candidate says, and refuse it before training."""
+    cfg, comp = ctx.config, candidate.compression
+    probe = build_model(candidate.arch)
+    prune(probe, comp.prune_ratio, comp.channel_round, example, cfg.prune_steps)
+    deployed = _quantize(export_onnx(probe, example, metadata), comp, calibration, ctx.target)
+    size_kb, latency = len(deployed) / 1024.0, None
+    reasons = []
+    if cfg.max_size_kb is not None and size_kb > cfg.max_size_kb:
+        reasons.append(f"size {size_kb:.1f} KB > {cfg.max_size_kb:g} KB")
+    if cfg.max_latency_ms is not None and not reasons:
+        latency = ctx.measurer.measure(deployed).stats.p50_ms
+        if latency > cfg.max_latency_ms:
+            reasons.append(f"latency {latency:.3f} ms > {cfg.max_latency_ms:g} ms")
+    if reasons:
+        reason = "; ".join(reasons)
+        trial.set_user_attr(attrs.REJECTED, reason)
+        _record_constraints(trial, cfg, latency, size_kb)
+        raise optuna.TrialPruned(f"rejected before training: {reason}")
+
+
+@contextmanager
+def _stage(trial: optuna.Trial, ctx: TrialContext, name: str):
+    ctx.progress.stage(trial.number, name)
+    start = time.perf_counter()
+    try:
+        yield
+    except (optuna.TrialPruned, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+        trial.set_user_attr(attrs.FAILED_STAGE, name)
+        trial.set_user_attr(attrs.FAIL_REASON, reason)
+        log.debug("trial %d failed in %s", trial.number, name, exc_info=True)
+        raise StageFailed(name, reason) from e
+    finally:
+        trial.set_user_attr(attrs.SECONDS_PREFIX + name, round(time.perf_counter() - start, 4))
+
+
+def _csv(values) -> str:
+    return ",".join(f"{v:.6g}" for v in values)

@@ -1,0 +1,186 @@
+"""Target profiles: the hardware a model ships to, and how to measure on it.
+
+A profile says which execution provider and how many threads to time with, which
+quantization formats suit the hardware, how to round pruned channel counts, and where
+to measure (this machine, or a board agent at HOST:PORT). Built-in profiles can be
+overridden, or new ones added, in ``studies/targets.toml``::
+
+    [arm]
+    threads = 4
+    device = "192.168.1.20:8470"
+
+This module imports no torch: the command line checks a target before loading it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+TARGETS_FILE = Path("studies") / "targets.toml"
+
+_ARCH_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+
+
+def normalise_arch(machine: str) -> str:
+    return _ARCH_ALIASES.get(machine.lower(), machine.lower())
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    arch: str | None  # machine architecture the latency must come from; None: wherever the search runs
+    threads: int | None  # intra-op threads when timing; None: one per core of the measuring machine
+    provider: str
+    quant_modes: tuple[str, ...]
+    activation_type: str  # int8 or uint8, for int8-static
+    weight_type: str
+    channel_rounds: tuple[int, ...]  # pruned channel counts are multiples of one of these
+    prune_ratios: tuple[float, ...]
+    device: str | None = None  # HOST:PORT of a board agent; None: measure in this process
+
+    def describe(self) -> str:
+        where = f"agent at {self.device}" if self.device else "this machine"
+        return f"{self.name}: {self.description}; measured on {where}"
+
+
+_PRUNE_RATIOS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+_CPU_QUANT = ("fp32", "fp16", "int8-dynamic", "int8-static")
+
+
+def _host_target() -> Target:
+    arm = normalise_arch(platform.machine()) == "aarch64"
+    return Target(
+        name="host",
+        description=f"this machine ({normalise_arch(platform.machine())}, {os.cpu_count()} cores)",
+        arch=None,
+        threads=None,
+        provider="CPUExecutionProvider",
+        quant_modes=_CPU_QUANT,
+        activation_type="int8" if arm else "uint8",
+        weight_type="int8",
+        channel_rounds=(4, 8),
+        prune_ratios=_PRUNE_RATIOS,
+    )
+
+
+BUILTIN_TARGETS: dict[str, Target] = {
+    "host": _host_target(),
+    "arm": Target(
+        name="arm",
+        description="64-bit ARM Cortex-A board (NEON, int8 dot product), 4 threads, signed int8 QDQ",
+        arch="aarch64",
+        threads=4,
+        provider="CPUExecutionProvider",
+        quant_modes=_CPU_QUANT,
+        activation_type="int8",
+        weight_type="int8",
+        channel_rounds=(4, 8),
+        prune_ratios=_PRUNE_RATIOS,
+    ),
+    "x86": Target(
+        name="x86",
+        description="x86-64 CPU without VNNI, 4 threads, unsigned activations / signed weights",
+        arch="x86_64",
+        threads=4,
+        provider="CPUExecutionProvider",
+        quant_modes=_CPU_QUANT,
+        activation_type="uint8",
+        weight_type="int8",
+        channel_rounds=(8, 16),
+        prune_ratios=_PRUNE_RATIOS,
+    ),
+    "cuda": Target(
+        name="cuda",
+        description="NVIDIA GPU through ONNX Runtime's CUDA provider, fp16 allowed",
+        arch=None,
+        threads=1,
+        provider="CUDAExecutionProvider",
+        quant_modes=("fp32", "fp16"),
+        activation_type="int8",
+        weight_type="int8",
+        channel_rounds=(8, 32),  # tensor cores want multiples of 8
+        prune_ratios=_PRUNE_RATIOS,
+    ),
+}
+
+
+class TargetError(ValueError):
+    """A target name or profile file is wrong; the message says how to fix it."""
+
+
+def load_targets(path: Path = TARGETS_FILE) -> dict[str, Target]:
+    """The built-in profiles, overridden and extended by ``path`` where it exists."""
+    targets = dict(BUILTIN_TARGETS)
+    if not path.exists():
+        return targets
+    try:
+        table = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise TargetError(f"{path} is not valid TOML: {e}") from None
+    known = {f.name for f in fields(Target)} - {"name"}
+    for name, values in table.items():
+        if not isinstance(values, dict):
+            raise TargetError(f"{path}: [{name}] must be a table of settings")
+        unknown = set(values) - known
+        if unknown:
+            raise TargetError(f"{path}: [{name}] has unknown settings {sorted(unknown)}; known: {sorted(known)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        base = targets.get(name)
+        if base is None:
+            missing = known - set(values) - {"device", "description"}
+            if missing:
+                raise TargetError(f"{path}: new target [{name}] needs {sorted(missing)}")
+            values.setdefault("description", name)
+            targets[name] = Target(name=name, **values)
+        else:
+            targets[name] = replace(base, **values)
+    return targets
+
+
+def get_target(name: str, device: str | None = None, path: Path = TARGETS_FILE) -> Target:
+    """The named profile, with ``device`` (HOST:PORT) overriding where it measures."""
+    targets = load_targets(path)
+    if name not in targets:
+        raise TargetError(f"unknown target {name!r}; choose one of: {', '.join(targets)} (or add it to {path})")
+    target = targets[name]
+    if device is not None:
+        parse_device(device)
+        target = replace(target, device=device)
+    return target
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    host, sep, port = device.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise TargetError(f"--device {device!r} must be HOST:PORT, e.g. 192.168.1.20:8470")
+    return host, int(port)
+
+
+def check_measurable(target: Target) -> None:
+    """Refuse a target whose latency this run could not honestly measure.
+
+    ``--target arm`` on an x86 host with no agent must stop before any training: timing
+    the host and calling it ARM is exactly the mistake this tool exists to prevent.
+    """
+    if target.device is not None:
+        return
+    here = normalise_arch(platform.machine())
+    if target.arch is not None and target.arch != here:
+        raise TargetError(
+            f"target {target.name} needs latency measured on {target.arch}, but this machine is {here}: "
+            f"start the agent on the board (python nas.py agent --host 0.0.0.0 --port 8470 --token SECRET) "
+            f"and pass --device BOARD:8470 --token SECRET"
+        )
+    if target.provider != "CPUExecutionProvider":
+        import onnxruntime as ort
+
+        if target.provider not in ort.get_available_providers():
+            raise TargetError(
+                f"target {target.name} needs ONNX Runtime's {target.provider}, which this install lacks "
+                f"(has {', '.join(ort.get_available_providers())}); measure on a machine that has it with --device"
+            )

@@ -1,0 +1,179 @@
+"""Training: knowledge distillation for students, plain cross-entropy for the teacher.
+
+One loop serves both: the student's loss mixes cross-entropy with the KL divergence to
+the teacher's precomputed logits; the teacher's is cross-entropy on augmented images.
+Students train without augmentation because the teacher's logits are computed once on
+the un-augmented images and reused by every trial.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import Split
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float  # fractional epochs are allowed: a proxy budget of 0.5 epoch is a real setting
+    optimizer: str = "adamw"  # adamw: robust across sampled architectures at short budgets; sgd for the teacher
+    lr: float = 0.01  # peak of the warm-up / cosine schedule
+    batch_size: int = 64
+    weight_decay: float = 4e-5  # MobileNet-style: depthwise convs overfit little, regularise lightly
+    alpha: float = 0.3  # weight of the distillation term (the seed recipe: 0.7 CE + 0.3 KL)
+    temperature: float = 4.0
+    augment: bool = False  # random crop (and flip where the data allow it); teacher only
+    hflip: bool = False
+    seed: int = 0
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float,
+    temperature: float,
+) -> torch.Tensor:
+    """``(1-alpha) * CE(student, y) + alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T))``.
+
+    The T^2 factor keeps the soft term's gradients on the scale of the hard term's
+    as T changes (Hinton et al., 2015).
+    """
+    ce = F.cross_entropy(student_logits, labels)
+    kl = F.kl_div(
+        F.log_softmax(student_logits / temperature, dim=1),
+        F.log_softmax(teacher_logits / temperature, dim=1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    return (1.0 - alpha) * ce + alpha * temperature**2 * kl
+
+
+def _augment(x: torch.Tensor, hflip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Random crop after reflect-padding by 1/8 of the side, and a random horizontal flip."""
+    n, _, h, w = x.shape
+    pad = max(1, h // 8)
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).view(n, 1, h, 1).expand(-1, x.shape[1], -1, w + 2 * pad)
+    out = padded.gather(2, rows)
+    cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).view(n, 1, 1, w).expand(-1, x.shape[1], h, -1)
+    out = out.gather(3, cols)
+    if hflip:
+        flip = torch.rand(n, generator=generator) < 0.5
+        out[flip] = out[flip].flip(3)
+    return out
+
+
+def _one_cycle(step: int, total_steps: int) -> float:
+    """Learning-rate factor: linear warm-up over the first quarter, cosine decay after.
+
+    Written out because torch's OneCycleLR divides by zero below eight steps, and a
+    fine-tune of half an epoch on a small data set is fewer.
+    """
+    warmup = max(1, total_steps // 4)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def fit(
+    model: nn.Module,
+    data: Split,
+    config: TrainConfig,
+    teacher_logits: torch.Tensor | None = None,
+    on_progress=None,
+) -> float:
+    """Train ``model`` in place; return the mean loss of the last epoch.
+
+    With ``teacher_logits`` (one row per training sample) the loss is
+    :func:`distillation_loss`, else cross-entropy. ``on_progress(fraction)`` is called
+    after every step. Raises :class:`TrainingDiverged` on a non-finite loss.
+    """
+    generator = torch.Generator().manual_seed(config.seed)
+    n = len(data)
+    steps_per_epoch = max(1, math.ceil(n / config.batch_size))
+    total_steps = max(1, round(config.epochs * steps_per_epoch))
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
+        )
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_one_cycle, total_steps=total_steps))
+    model.train()
+    step, epoch_losses = 0, []
+    while step < total_steps:
+        order = torch.randperm(n, generator=generator)
+        epoch_losses = []
+        for start in range(0, n, config.batch_size):
+            if step >= total_steps:
+                break
+            idx = order[start : start + config.batch_size]
+            if len(idx) < 2:  # batch norm cannot train on a batch of one
+                continue
+            x, y = data.x[idx], data.y[idx]
+            if config.augment:
+                x = _augment(x, config.hflip, generator)
+            logits = model(x)
+            if teacher_logits is None:
+                loss = F.cross_entropy(logits, y)
+            else:
+                loss = distillation_loss(logits, teacher_logits[idx], y, config.alpha, config.temperature)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"loss became {loss.item()} at step {step + 1} of {total_steps}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            step += 1
+            epoch_losses.append(loss.item())
+            if on_progress is not None:
+                on_progress(step / total_steps)
+    model.eval()
+    return sum(epoch_losses) / max(1, len(epoch_losses))
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(1) == labels).float().mean().item()
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> None:
+    """Recompute batch-norm running statistics from ``x``.
+
+    Removing channels changes what every following layer sees, so the statistics
+    gathered before pruning no longer hold (a network pruned by 30% fell to chance
+    accuracy until they were recomputed). A pass in train mode with cumulative
+    averaging fixes that without any gradient step.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the pass
+    model.train()
+    for i in range(0, len(x), batch_size):
+        if len(x[i : i + batch_size]) > 1:
+            model(x[i : i + batch_size])
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    model.eval()

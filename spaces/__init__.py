@@ -1,0 +1,54 @@
+"""Search spaces: what a trial may sample, and how a sample becomes a network."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .arch import ArchSpec, BlockSpec, parse_arch
+from .build import MobileNetV3Like, arch_of, build_model
+from .compression import CALIB_METHODS, QUANT_MODES, CompressionSpec, sample_compression
+from .mobilenetv3 import (
+    MOBILENET_V3_LARGE,
+    MOBILENET_V3_SMALL,
+    SPACES,
+    MobileNetV3Space,
+    sample_arch,
+    stride_schedule,
+)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What one trial evaluates: a network and how to compress it."""
+
+    arch: ArchSpec
+    compression: CompressionSpec
+
+
+def get_space(name: str) -> MobileNetV3Space:
+    try:
+        return SPACES[name]
+    except KeyError:
+        raise ValueError(f"unknown search space {name!r}; choose one of: {', '.join(SPACES)}") from None
+
+
+__all__ = [
+    "ArchSpec",
+    "BlockSpec",
+    "CALIB_METHODS",
+    "Candidate",
+    "CompressionSpec",
+    "MOBILENET_V3_LARGE",
+    "MOBILENET_V3_SMALL",
+    "MobileNetV3Like",
+    "MobileNetV3Space",
+    "QUANT_MODES",
+    "SPACES",
+    "arch_of",
+    "build_model",
+    "get_space",
+    "parse_arch",
+    "sample_arch",
+    "sample_compression",
+    "stride_schedule",
+]

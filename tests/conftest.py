@@ -1,0 +1,52 @@
+"""Shared fixtures: the digits data set and a quickly trained teacher, made once per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from search.data import load_dataset
+
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory, digits) -> Path:
+    """A cache holding a digits teacher trained for one epoch: enough to distil from in tests."""
+    from search.teacher import load_or_train_teacher
+
+    path = tmp_path_factory.mktemp("cache")
+    load_or_train_teacher(digits, path, epochs=1)
+    return path
+
+
+@pytest.fixture(scope="session")
+def teacher(digits, cache_dir):
+    from search.teacher import load_or_train_teacher
+
+    return load_or_train_teacher(digits, cache_dir)
+
+
+def run_nas(args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python nas.py ARGS`` in a subprocess, from ``cwd`` (where studies/ is made)."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "nas.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
+
+
+# Fast search settings for end-to-end tests: the tiny space, a short proxy training.
+FAST = ["--space", "tiny", "--epochs", "1", "--finetune-epochs", "0.5", "--calib-samples", "32"]

@@ -1,0 +1,77 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from search.data import Split
+from search.train import TrainConfig, TrainingDiverged, distillation_loss, fit
+
+
+def _manual(student, teacher, labels, alpha, t):
+    ce = F.cross_entropy(student, labels)
+    p = F.softmax(teacher / t, dim=1)
+    log_q = F.log_softmax(student / t, dim=1)
+    kl = (p * (torch.log(p) - log_q)).sum(1).mean()
+    return (1 - alpha) * ce + alpha * t * t * kl
+
+
+@pytest.mark.parametrize("alpha, t", [(0.3, 4.0), (0.0, 4.0), (1.0, 2.0), (0.5, 1.0)])
+def test_distillation_loss_matches_the_formula(alpha, t):
+    g = torch.Generator().manual_seed(0)
+    s, te = torch.randn(16, 10, generator=g), torch.randn(16, 10, generator=g) * 3
+    y = torch.randint(0, 10, (16,), generator=g)
+    torch.testing.assert_close(distillation_loss(s, te, y, alpha, t), _manual(s, te, y, alpha, t))
+
+
+def test_seed_recipe_is_point_seven_ce_plus_point_three_kl():
+    g = torch.Generator().manual_seed(1)
+    s, te = torch.randn(8, 10, generator=g), torch.randn(8, 10, generator=g)
+    y = torch.randint(0, 10, (8,), generator=g)
+    ce = F.cross_entropy(s, y)
+    kl = F.kl_div(F.log_softmax(s / 4, 1), F.softmax(te / 4, 1), reduction="batchmean")
+    torch.testing.assert_close(distillation_loss(s, te, y, 0.3, 4.0), 0.7 * ce + 0.3 * 16 * kl)
+
+
+def test_soft_term_vanishes_when_student_copies_teacher():
+    logits = torch.randn(4, 10)
+    y = torch.zeros(4, dtype=torch.long)
+    torch.testing.assert_close(distillation_loss(logits, logits, y, 1.0, 4.0), torch.tensor(0.0), atol=1e-6, rtol=0)
+
+
+def _toy_split(n=64):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 1, 8, 8, generator=g)
+    y = (x.mean((1, 2, 3)) > 0).long()
+    return Split(x, y)
+
+
+def test_fit_learns_a_separable_toy_problem():
+    data = _toy_split(256)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    loss = fit(model, data, TrainConfig(epochs=10, lr=0.05, batch_size=32))
+    assert loss < 0.3
+
+
+def test_fit_with_teacher_logits_uses_distillation():
+    data = _toy_split()
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    teacher_logits = torch.randn(len(data), 2)
+    loss = fit(model, data, TrainConfig(epochs=1, alpha=1.0), teacher_logits)
+    assert math.isfinite(loss)
+
+
+def test_diverging_loss_is_reported():
+    data = _toy_split()
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    with torch.no_grad():
+        model[1].weight.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="loss became nan"):
+        fit(model, data, TrainConfig(epochs=1))
+
+
+@pytest.mark.parametrize("epochs", [0.01, 0.1, 1.0])
+def test_fit_handles_budgets_of_a_few_steps(epochs):
+    data = _toy_split()
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    assert math.isfinite(fit(model, data, TrainConfig(epochs=epochs, batch_size=16)))
