@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -36,11 +37,40 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+_SCHEMA_LOCK_KEY = 0x6564676E6173  # "edgnas": any constant shared by all workers
+
+
+@contextlib.contextmanager
+def schema_lock(url: str):
+    """Serialise table creation between workers that open a new shared database at once.
+
+    PostgreSQL fails one of two concurrent CREATE TABLEs of the same name
+    ("duplicate key value violates unique constraint pg_type_typname_nsp_index"), as
+    seen when two workers started a study together. An advisory lock held around
+    Optuna's and our own table creation orders them; SQLite needs nothing, as its
+    file lock already orders writers.
+    """
+    if not url.startswith("postgresql"):
+        yield
+        return
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _SCHEMA_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _SCHEMA_LOCK_KEY})
+    finally:
+        engine.dispose()
+
+
 class Store:
     def __init__(self, url: str):
         kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
         self.engine = sa.create_engine(url, **kwargs)
-        _metadata.create_all(self.engine)
+        with schema_lock(url):
+            _metadata.create_all(self.engine)
 
     def put_model(self, data: bytes) -> str:
         key = sha256(data)

@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from . import attrs
 from .config import ConfigError, StudyConfig, check_study_name, default_study_name, resolve, study_dir
 from .progress import SearchProgress
+from .store import schema_lock
 
 log = logging.getLogger(__name__)
 # Heartbeats and metric names are marked experimental; we rely on them knowingly.
@@ -95,12 +96,13 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs={"connect_args": {"timeout": 60}} if db is not None else {"pool_pre_ping": True},
-            heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS,
-        )
+        with schema_lock(url):
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs={"connect_args": {"timeout": 60}} if db is not None else {"pool_pre_ping": True},
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+            )
     except Exception as e:
         raise SearchError(f"cannot open study storage {url}: {str(e).splitlines()[0]}") from None
 
