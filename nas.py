@@ -40,7 +40,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nas.py",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__.rsplit("\n\n", 1)[0],  # the usage examples, without the note on this file
         epilog="Run 'python nas.py COMMAND --help' for a command's options. Without a command, 'search' runs.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -171,19 +171,23 @@ def draw(report: Report, path: Path) -> None:
             c=["lightgrey" if p.feasible else "mistyrose" for p in others],
             edgecolors="grey",
             s=28,
-            label="other trials",
+            label="other trials" + ("" if all(p.feasible for p in others) else " (pink: over a limit)"),
         )
-        ax.plot(
-            [getattr(p, key) for p in sorted(front, key=lambda p: getattr(p, key))],
-            [p.accuracy for p in sorted(front, key=lambda p: getattr(p, key))],
-            "o-",
+        ax.scatter(
+            [getattr(p, key) for p in front],
+            [p.accuracy for p in front],
             color="tab:red",
-            ms=6,
-            lw=1,
-            label="Pareto front (3 objectives)",
+            s=36,
+            zorder=3,
+            label="Pareto front (accuracy, latency, size)",
         )
-        for p in front:
-            ax.annotate(str(p.number), (getattr(p, key), p.accuracy), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        # A 3-objective front does not read as a curve in two dimensions; the staircase
+        # is the front of this view alone: the best accuracy reachable at each x.
+        staircase = _staircase([(getattr(p, key), p.accuracy, p.number) for p in front])
+        ax.step([x for x, _, _ in staircase], [y for _, y, _ in staircase], where="post", color="black", lw=0.8,
+                ls="--", label="best accuracy at this " + ("latency" if key == "latency_ms" else "size"))
+        for x, y, number in staircase:
+            ax.annotate(str(number), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel(label)
         ax.set_ylabel("validation accuracy (ONNX Runtime)")
         ax.grid(alpha=0.3)
@@ -196,6 +200,15 @@ def draw(report: Report, path: Path) -> None:
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     tmp.replace(path)
+
+
+def _staircase(points: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
+    """The points not beaten by a point that is both smaller in x and at least as accurate."""
+    out: list[tuple[float, float, int]] = []
+    for x, y, number in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not out or y > out[-1][1]:
+            out.append((x, y, number))
+    return out
 
 
 def write_outputs(report: Report, out_dir: Path, load_model) -> list[Path]:

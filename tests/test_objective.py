@@ -93,3 +93,58 @@ def test_an_identical_file_is_measured_once_per_setup(tmp_path):
     assert _CountingMeasurer.calls == 1
     assert not first.cached and second.cached
     assert second.stats == first.stats and second.measured_on == first.measured_on
+
+
+def _fixed_params(**overrides):
+    """A tiny-space candidate, fixed: stage widths 16/24, one block each."""
+    params = {
+        "stem": 8, "s1_depth": 1, "s1_width": 16, "s1_kernel": 3, "s1_expand": 4, "s1_se": True, "s1_act": "re",
+        "s2_depth": 1, "s2_width": 24, "s2_kernel": 3, "s2_expand": 4, "s2_se": False, "s2_act": "hs",
+        "fc": 0, "head": 64, "prune_ratio": 0.0, "channel_round": 8, "quant": "fp32",
+    }
+    params.update(overrides)
+    return params
+
+
+def _context(tmp_path, digits, teacher):
+    from search.config import StudyConfig
+    from search.objective import TrialContext
+    from search.progress import SearchProgress
+    from spaces import get_space
+
+    config = StudyConfig(space="tiny", epochs=2, finetune_epochs=1, calib_samples=64)
+    plan = TimingPlan(warmup_runs=2, warmup_seconds=0, min_runs=10, min_seconds=0)
+    store = Store(f"sqlite:///{tmp_path}/trial.db")
+    return TrialContext(config, get_space("tiny"), digits, teacher, get_target("host"),
+                        LocalMeasurer(get_target("host"), plan), store, SearchProgress())
+
+
+def test_int8_static_trial_reports_the_accuracy_of_the_quantized_file(tmp_path, digits, teacher):
+    import onnx
+
+    from search.evaluate import onnx_accuracy
+
+    ctx = _context(tmp_path, digits, teacher)
+    trial = optuna.trial.FixedTrial(_fixed_params(quant="int8-static", calib_method="entropy"), number=1)
+    acc, latency, size_kb = objective.run_trial(trial, ctx)
+    ua = trial.user_attrs
+    deployed = ctx.store.get_model(ua[attrs.ONNX_SHA256])
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in onnx.load_from_string(deployed).graph.node}
+    assert acc == ua[attrs.ACCURACY] == pytest.approx(onnx_accuracy(deployed, digits.val))
+    assert ua[attrs.QUANT] == "int8-static" and ua[attrs.CALIB_METHOD] == "entropy"
+    assert ua[attrs.SIZE_BYTES] == len(deployed) < ua[attrs.SIZE_BYTES_FP32]
+    assert 0 <= ua[attrs.ACCURACY_BEFORE_QUANT] <= 1
+    assert size_kb == pytest.approx(len(deployed) / 1024) and latency == ua[attrs.LATENCY_P50] > 0
+
+
+def test_pruned_trial_records_the_derived_architecture(tmp_path, digits, teacher):
+    from spaces import build_model, parse_arch
+
+    ctx = _context(tmp_path, digits, teacher)
+    trial = optuna.trial.FixedTrial(_fixed_params(prune_ratio=0.5, channel_round=4), number=2)
+    objective.run_trial(trial, ctx)
+    ua = trial.user_attrs
+    assert ua[attrs.ARCH] != ua[attrs.ARCH_SAMPLED]
+    assert ua[attrs.PARAMS] < ua[attrs.PARAMS_BEFORE_PRUNE]
+    rebuilt = build_model(parse_arch(ua[attrs.ARCH]))
+    assert sum(p.numel() for p in rebuilt.parameters()) == ua[attrs.PARAMS]

@@ -155,3 +155,29 @@ def test_joining_a_study_with_a_conflicting_setting_is_refused(tmp_path, cache_d
     assert "was created with epochs = 1.0" in clash.stderr
     study, _ = _study(tmp_path, "cfg")
     assert _complete(study) == 1
+
+
+def test_status_export_and_report_commands(tmp_path, monkeypatch, capsys, cache_dir):
+    import nas
+
+    monkeypatch.chdir(tmp_path)
+    assert nas.main(["--budget", "2", "--study", "cmds", "--cache-dir", str(cache_dir), *FAST]) == 0
+    capsys.readouterr()
+
+    assert nas.main(["status"]) == 0
+    assert "cmds: 2 complete, 0 failed" in capsys.readouterr().out
+
+    study, url = _study(tmp_path, "cmds")
+    trial = study.get_trials(states=(TrialState.COMPLETE,))[0]
+    assert nas.main(["export", "--study", "cmds", "--trial", str(trial.number), "--out", "model.onnx"]) == 0
+    store = Store(url)
+    assert (tmp_path / "model.onnx").read_bytes() == store.get_model(trial.user_attrs[attrs.ONNX_SHA256])
+    store.close()
+    assert nas.main(["export", "--study", "cmds", "--trial", "99"]) == 2
+    assert "no deployed model for trial 99" in capsys.readouterr().err
+
+    (tmp_path / "studies" / "cmds" / "pareto.png").unlink()
+    assert nas.main(["report", "--study", "cmds", "--cache-dir", str(cache_dir)]) == 0
+    assert "Pareto front of study cmds" in capsys.readouterr().out
+    assert (tmp_path / "studies" / "cmds" / "pareto.png").exists()
+    assert nas.main(["report", "--study", "nope"]) == 2
