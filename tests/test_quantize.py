@@ -68,3 +68,9 @@ def test_fp16_keeps_float32_inputs(fp32):
 def test_static_needs_calibration(fp32):
     with pytest.raises(ValueError, match="calibration"):
         quantize(fp32, "int8-static", None, "minmax")
+
+
+def test_calibration_methods_give_different_ranges(fp32, calibration):
+    # ORT's own Entropy settings reproduce MinMax byte for byte; ours must not.
+    files = {m: quantize(fp32, "int8-static", calibration, m) for m in ("minmax", "entropy", "percentile")}
+    assert len(set(files.values())) == 3
