@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--port", type=int, default=8470, help="(default: %(default)s)")
     a.add_argument("--token", default=os.environ.get("EDGENAS_TOKEN"), help="required secret (default: $EDGENAS_TOKEN)")
     a.add_argument("--max-model-mb", type=float, default=64.0, help="refuse larger models (default: %(default)s)")
+    a.add_argument("--time-limit-s", type=float, default=300.0, help="stop a measurement after this long (default: %(default)s)")
     return parser
 
 
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if not args.token:
             return _fail("the agent needs --token SECRET (or $EDGENAS_TOKEN): it runs what it is sent")
-        return serve(args.host, args.port, args.token, int(args.max_model_mb * 1024 * 1024))
+        return serve(args.host, args.port, args.token, int(args.max_model_mb * 1024 * 1024), args.time_limit_s)
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if getattr(args, "verbose", False):  # ours only: ONNX Runtime's quantizer logs every tensor at INFO

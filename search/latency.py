@@ -20,6 +20,8 @@ class Measurement:
 class LocalMeasurer:
     """Times models in this process, on this machine."""
 
+    runs_elsewhere = False  # models run on this machine's kernels
+
     def __init__(self, target: Target, plan: TimingPlan = TimingPlan()):
         self.target = target
         self.plan = plan
@@ -49,6 +51,15 @@ class CachedMeasurer:
     @property
     def machine(self) -> dict:
         return self.inner.machine
+
+    @property
+    def runs_elsewhere(self) -> bool:
+        """Whether models run on another machine's kernels (a board agent), not this one's."""
+        return self.inner.runs_elsewhere
+
+    def run(self, onnx_bytes: bytes, inputs):
+        """The model's outputs for ``inputs``, computed where it is measured (not cached)."""
+        return self.inner.run(onnx_bytes, inputs)
 
     def measure(self, onnx_bytes: bytes) -> Measurement:
         key, target_key = sha256(onnx_bytes), self.inner.identity()

@@ -36,6 +36,7 @@ class TrialPoint:
     feasible: bool
     on_front: bool
     test_accuracy: float | None  # test split, front members only
+    accuracy_on_target: float | None  # validation split on the board's kernels (agent only)
     measured_on: str
 
 
@@ -98,6 +99,7 @@ def build_report(
                 feasible=ok,
                 on_front=bool(front),
                 test_accuracy=test_accuracy.get(t.number),
+                accuracy_on_target=ua.get(attrs.ACCURACY_ON_TARGET),
                 measured_on=provenance(ua.get(attrs.MEASURED_ON, {})),
             )
         )
@@ -116,12 +118,15 @@ def build_report(
 
 def format_table(report: Report) -> str:
     """The front as a terminal table, fastest first."""
-    header = ["trial", "val acc", "test acc", "p50 ms", "p90 ms", "KB", "params", "compression"]
+    on_board = any(p.accuracy_on_target is not None for p in report.front)
+    header = ["trial", "val acc"] + (["board acc"] if on_board else []) + [
+        "test acc", "p50 ms", "p90 ms", "KB", "params", "compression",
+    ]
     rows = [
-        [
-            str(p.number),
-            f"{p.accuracy:.4f}",
-            "-" if p.test_accuracy is None else f"{p.test_accuracy:.4f}",
+        [str(p.number), f"{p.accuracy:.4f}"]
+        + ([_maybe(p.accuracy_on_target)] if on_board else [])
+        + [
+            _maybe(p.test_accuracy),
             f"{p.latency_ms:.3f}",
             f"{p.latency_ms_p90:.3f}",
             f"{p.size_kb:.1f}",
@@ -138,7 +143,23 @@ def format_table(report: Report) -> str:
         "  ".join(h.rjust(w) for h, w in zip(header, widths)),
     ]
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    drifted = [
+        p.number for p in report.front
+        if p.accuracy_on_target is not None and abs(p.accuracy_on_target - p.accuracy) > BOARD_ACCURACY_GAP
+    ]
+    if drifted:
+        lines.append(
+            f"note: on the board's kernels trials {', '.join(map(str, drifted))} differ from this machine's "
+            f"accuracy by more than {100 * BOARD_ACCURACY_GAP:g} point"
+        )
     return "\n".join(lines)
+
+
+BOARD_ACCURACY_GAP = 0.01
+
+
+def _maybe(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 CSV_FIELDS = [f for f in TrialPoint.__dataclass_fields__]

@@ -7,6 +7,7 @@ is checked before anything is written, so a bad command leaves no trace.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -34,25 +35,34 @@ from .study import (
     study_name_for,
     with_space_resolved,
 )
-from .targets import check_measurable, get_target
+from .targets import Target, check_measurable, get_target
 
 log = logging.getLogger(__name__)
 
 
-def make_measurer(target, store: Store, token: str | None):
-    """Local timing, or the board agent's, behind the shared measurement cache."""
-    from .latency import CachedMeasurer, LocalMeasurer
+def make_measurer(target, token: str | None):
+    """Local timing, or the board agent's once it has been reached and checked."""
+    from .latency import LocalMeasurer
 
     if target.device is None:
         check_measurable(target)
-        return CachedMeasurer(LocalMeasurer(target), store)
+        return LocalMeasurer(target)
     from .agent_client import AgentMeasurer
 
-    return CachedMeasurer(AgentMeasurer(target, token), store)
+    return AgentMeasurer(target, token)
 
 
-def prepare(request: SearchRequest) -> tuple[str, str, StudyConfig]:
-    """Validate the request; return (study name, storage URL, configuration). Writes nothing."""
+@dataclass(frozen=True)
+class Prepared:
+    study: str
+    url: str
+    config: StudyConfig
+    target: Target
+    measurer: object  # LocalMeasurer or AgentMeasurer
+
+
+def prepare(request: SearchRequest) -> Prepared:
+    """Check the whole request, the board agent included, before anything is written."""
     if request.budget < 1:
         raise ConfigError(f"--budget must be >= 1 complete trials, got {request.budget}")
     study = study_name_for(request)
@@ -66,32 +76,30 @@ def prepare(request: SearchRequest) -> tuple[str, str, StudyConfig]:
         except ValueError as e:
             raise ConfigError(f"--space: {e}") from None
     target = get_target(config.target, request.device)
-    if target.device is None:
-        check_measurable(target)
-    return study, url, config
+    return Prepared(study, url, config, target, make_measurer(target, request.token))
 
 
 def run_search(request: SearchRequest, progress: SearchProgress = SearchProgress()) -> Report:
+    from .latency import CachedMeasurer
     from .objective import TrialContext, run_trial
     from .teacher import load_or_train_teacher
 
-    study_name, url, config = prepare(request)
-    data = load_dataset(config.dataset, request.data_dir, request.cache_dir)
-    config = with_space_resolved(config, data.resolution)
-    target = get_target(config.target, request.device)
-    study = create_or_load_study(url, study_name, config)
-    store = Store(url)
-    measurer = make_measurer(target, store, request.token)
-    progress.message(f"study {study_name}: {count_complete(study)} of {request.budget} trials complete; storage {url}")
-    progress.message(f"target {target.describe()}")
+    p = prepare(request)
+    data = load_dataset(p.config.dataset, request.data_dir, request.cache_dir)
+    config = with_space_resolved(p.config, data.resolution)
+    study = create_or_load_study(p.url, p.study, config)
+    store = Store(p.url)
+    measurer = CachedMeasurer(p.measurer, store)
+    progress.message(f"study {p.study}: {count_complete(study)} of {request.budget} trials complete; storage {p.url}")
+    progress.message(f"target {p.target.describe()}")
 
     teacher = load_or_train_teacher(
         data, request.cache_dir, config.teacher_epochs or None, config.seed, on_progress=progress.fraction
     )
     progress.message(f"teacher: ResNet-18 {teacher.source}, validation accuracy {teacher.val_accuracy:.4f}")
-    ctx = TrialContext(config, get_space(config.space), data, teacher, target, measurer, store, progress)
+    ctx = TrialContext(config, get_space(config.space), data, teacher, p.target, measurer, store, progress)
     run_trials(study, request.budget, lambda trial: run_trial(trial, ctx), progress)
-    return finish(study, data, store, study_dir(study_name), target.name)
+    return finish(study, data, store, study_dir(p.study), p.target.name)
 
 
 def finish(study: optuna.Study, data: Dataset, store: Store, out_dir: Path, target_name: str) -> Report:

@@ -1,0 +1,194 @@
+"""The search side of the board agent (``search/agent.py``, which documents the protocol).
+
+``AgentMeasurer`` has ``LocalMeasurer``'s interface, so the objective and the
+measurement cache do not know where a latency comes from; every latency it returns
+says so (``"via": "agent"``, ``"device": "HOST:PORT"``). Its constructor checks the
+agent before the search trains anything: reachable, the token accepted, the protocol
+understood, and the architecture the target asks for. Requests that fail on the way
+(refused or dropped connections, time-outs, an agent busy with other workers' models)
+are retried with a growing pause; a refusal of the request itself is not.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import logging
+import time
+from dataclasses import asdict
+from urllib.parse import urlencode
+
+import numpy as np
+
+from .agent import PROTOCOL
+from .latency import Measurement, _identity
+from .measure import LatencyStats, TimingPlan
+from .targets import Target, TargetError, normalise_arch, parse_device
+
+CONNECT_TIMEOUT_S = 10.0
+INFO_TIMEOUT_S = 30.0  # /info does no work: a slow answer means a broken link
+REPLY_MARGIN_S = 60.0  # on top of the agent's own bound (queue wait + time limit): transfer of the model
+ATTEMPTS = 5
+FIRST_PAUSE_S = 0.5  # doubled after each failed attempt: 7.5 s of pauses in all
+
+log = logging.getLogger(__name__)
+
+
+class AgentError(RuntimeError):
+    """The agent refused or failed a request (``status``), or was not reached (``status`` None)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class AgentMeasurer:
+    """Times models on a board agent, and runs inputs through them there."""
+
+    runs_elsewhere = True  # models run on the board's kernels, which may differ from ours
+
+    def __init__(self, target: Target, token: str | None, plan: TimingPlan = TimingPlan()):
+        if target.device is None:
+            raise TargetError(f"target {target.name} has no device: pass --device HOST:PORT of its agent")
+        if not token:
+            raise TargetError(f"--device {target.device} needs the agent's token: --token SECRET or $EDGENAS_TOKEN")
+        self.target = target
+        self.plan = plan
+        self.host, self.port = parse_device(target.device)
+        self.token = token
+        info = self._connect()
+        self.max_body_bytes = int(info["max_body_bytes"])
+        self.reply_timeout_s = float(info["queue_wait_s"]) + float(info["time_limit_s"]) + REPLY_MARGIN_S
+        agent_machine = info["machine"]
+        self.machine = {
+            **agent_machine,
+            "threads": target.threads or agent_machine["cores"],
+            "provider": target.provider,
+            "via": "agent",
+            "device": target.device,
+        }
+        self._check_suits_target(agent_machine)
+
+    def identity(self) -> str:
+        return _identity(self.machine)
+
+    def measure(self, onnx_bytes: bytes) -> Measurement:
+        self._check_size(len(onnx_bytes))
+        reply = json.loads(self._request("POST", "/measure", {**self._settings(), **asdict(self.plan)}, onnx_bytes))
+        stats = LatencyStats(**{k: v for k, v in reply["stats"].items() if k != "spread"})
+        return Measurement(stats, {**reply["measured_on"], "via": "agent", "device": self.target.device})
+
+    def run(self, onnx_bytes: bytes, inputs: np.ndarray) -> np.ndarray:
+        """The model's first output for ``inputs`` (batch first), computed on the board.
+
+        Inputs too large for one request go in several, each under the agent's size limit.
+        """
+        if len(inputs) == 0:
+            raise ValueError("no inputs to run")
+        row_bytes = max(1, inputs[0].nbytes)
+        room = self.max_body_bytes - len(onnx_bytes) - 1024  # 1 KiB: the .npy header
+        self._check_size(len(onnx_bytes) + 1024 + row_bytes)
+        rows = max(1, room // row_bytes)
+        query = {**self._settings(), "model_bytes": len(onnx_bytes)}
+        outputs = []
+        for start in range(0, len(inputs), rows):
+            buffer = io.BytesIO()
+            np.save(buffer, np.ascontiguousarray(inputs[start : start + rows]), allow_pickle=False)
+            reply = self._request("POST", "/run", query, onnx_bytes + buffer.getvalue())
+            outputs.append(np.load(io.BytesIO(reply), allow_pickle=False))
+        return np.concatenate(outputs)
+
+    def _settings(self) -> dict:
+        settings = {"provider": self.target.provider}
+        if self.target.threads:
+            settings["threads"] = self.target.threads
+        return settings
+
+    def _check_size(self, body_bytes: int) -> None:
+        if body_bytes > self.max_body_bytes:
+            raise AgentError(
+                f"{body_bytes} bytes to send, over the limit of the agent at {self.target.device} "
+                f"({self.max_body_bytes}): restart it with a larger --max-model-mb"
+            )
+
+    def _connect(self) -> dict:
+        """The agent's /info, or a TargetError that says what to do."""
+        device = self.target.device
+        try:
+            info = json.loads(self._request("GET", "/info", {}, timeout=INFO_TIMEOUT_S))
+        except AgentError as e:
+            if e.status is None:
+                raise TargetError(
+                    f"cannot reach the agent at {device} ({e}): start it on the board with "
+                    f"'python nas.py agent --host 0.0.0.0 --port {self.port} --token SECRET', or check --device"
+                ) from None
+            if e.status == 401:
+                raise TargetError(f"the agent at {device} refused the token: pass the --token it was started with") from None
+            raise TargetError(f"{device} answered /info with {e.status}: {e}; is it an edgenas agent?") from None
+        except ValueError:
+            raise TargetError(f"{device} answered /info with something other than JSON; is it an edgenas agent?") from None
+        if info.get("protocol") != PROTOCOL:
+            raise TargetError(
+                f"the agent at {device} speaks protocol {info.get('protocol')}, this search {PROTOCOL}: "
+                f"copy this nas.py and search/ to the board and restart the agent"
+            )
+        return info
+
+    def _check_suits_target(self, agent_machine: dict) -> None:
+        target, device = self.target, self.target.device
+        arch = normalise_arch(agent_machine["arch"])
+        if target.arch is not None and arch != target.arch:
+            raise TargetError(
+                f"target {target.name} needs latency measured on {target.arch}, but the agent at {device} runs on "
+                f"{arch} ({agent_machine['cpu']}, host {agent_machine['host']}): start the agent on the "
+                f"{target.arch} board, or choose a target for {arch}"
+            )
+        if target.provider not in agent_machine["providers"]:
+            raise TargetError(
+                f"target {target.name} needs ONNX Runtime's {target.provider}, which the agent at {device} lacks "
+                f"(has {', '.join(agent_machine['providers'])})"
+            )
+
+    def _request(self, method: str, path: str, query: dict, body: bytes | None = None, timeout: float | None = None) -> bytes:
+        """The reply's body for a 200; AgentError otherwise, after retrying what may pass."""
+        url = f"{path}?{urlencode(query)}" if query else path
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if body is not None:
+            headers["Content-Type"] = "application/octet-stream"
+        pause = FIRST_PAUSE_S
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                status, payload = self._exchange(method, url, headers, body, timeout or self.reply_timeout_s)
+            except (OSError, http.client.HTTPException) as e:  # refused, reset, timed out, cut short
+                failure = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            else:
+                if status == 200:
+                    return payload
+                if status != 503:  # busy is worth waiting for; any other refusal would only repeat
+                    raise AgentError(_error_text(payload), status)
+                failure = f"busy: {_error_text(payload)}"
+            if attempt < ATTEMPTS:
+                log.warning("agent at %s, %s %s: %s; retrying in %.1f s", self.target.device, method, path, failure, pause)
+                time.sleep(pause)
+                pause *= 2
+        raise AgentError(f"{failure}, {ATTEMPTS} attempts")
+
+    def _exchange(self, method: str, url: str, headers: dict, body: bytes | None, timeout: float) -> tuple[int, bytes]:
+        """One request on a new connection: a quick connect, then ``timeout`` for each read."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=CONNECT_TIMEOUT_S)
+        try:
+            conn.connect()
+            conn.sock.settimeout(timeout)
+            conn.request(method, url, body=body, headers=headers)
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+
+def _error_text(payload: bytes) -> str:
+    try:
+        return str(json.loads(payload)["error"])
+    except (ValueError, KeyError, TypeError):
+        return payload[:200].decode("utf-8", "replace")
