@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install search test test-slow bench clean
+.PHONY: install search test test-slow clean
 
 install: $(STAMP)
 

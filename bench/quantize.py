@@ -25,15 +25,18 @@ from search.quantize import quantize
 GOAL_SIZE_RATIO = 0.30
 GOAL_ACC_DROP = 0.010
 
+# (name, mode, calibration method, activation type, 7-bit weights)
 VARIANTS = [
-    ("fp32", "fp32", None, None),
-    ("fp16", "fp16", None, None),
-    ("int8-dynamic", "int8-dynamic", None, None),
-    ("int8-static minmax U8S8", "int8-static", "minmax", "uint8"),
-    ("int8-static entropy U8S8", "int8-static", "entropy", "uint8"),
-    ("int8-static percentile U8S8", "int8-static", "percentile", "uint8"),
-    ("int8-static minmax S8S8", "int8-static", "minmax", "int8"),
-    ("int8-static percentile S8S8", "int8-static", "percentile", "int8"),
+    ("fp32", "fp32", None, None, False),
+    ("fp16", "fp16", None, None, False),
+    ("int8-dynamic", "int8-dynamic", None, None, False),
+    ("int8-static minmax U8S8", "int8-static", "minmax", "uint8", False),
+    ("int8-static entropy U8S8", "int8-static", "entropy", "uint8", False),
+    ("int8-static percentile U8S8", "int8-static", "percentile", "uint8", False),
+    ("int8-static minmax U8S7 (x86 profile)", "int8-static", "minmax", "uint8", True),
+    ("int8-static percentile U8S7", "int8-static", "percentile", "uint8", True),
+    ("int8-static minmax S8S8 (arm profile)", "int8-static", "minmax", "int8", False),
+    ("int8-static percentile S8S8", "int8-static", "percentile", "int8", False),
 ]
 
 
@@ -51,9 +54,9 @@ def main() -> None:
     calibration = data.train.x[: args.calib_samples].numpy()
 
     files = {}
-    for name, mode, calib, act in VARIANTS:
+    for name, mode, calib, act, reduce_range in VARIANTS:
         log(f"quantizing: {name}")
-        files[name] = quantize(fp32, mode, calibration, calib, activation_type=act or "uint8")
+        files[name] = quantize(fp32, mode, calibration, calib, activation_type=act or "uint8", reduce_range=reduce_range)
     accuracy = {}
     for name in files:
         log(f"evaluating: {name}")
@@ -85,14 +88,18 @@ def main() -> None:
         ["variant", "KB", "size x", "p50 ms", "latency x", "test acc", "drop pts"],
         rows,
     )
-    static = {k: v for k, v in result["variants"].items() if k.startswith("int8-static") and "U8S8" in k}
-    best = min(static.values(), key=lambda v: v["accuracy_drop_points"])
+    static = {k: v for k, v in result["variants"].items() if k.startswith("int8-static")}
     result["goals"] = {
         "int8_static_size_ratio<=0.30": all(v["size_ratio"] <= GOAL_SIZE_RATIO for v in static.values()),
-        "int8_static_best_drop<=1.0pt": best["accuracy_drop_points"] <= 100 * GOAL_ACC_DROP,
-        "int8_static_faster_than_fp32_here": any(v["latency_ratio"] < 1.0 for v in static.values()),
+        "int8_static_best_drop<=1.0pt": min(v["accuracy_drop_points"] for v in static.values()) <= 100 * GOAL_ACC_DROP,
     }
+    # Not a goal but the question the issue asks: is int8 faster than fp32 on this CPU?
+    result["int8_static_latency_ratio_range"] = [
+        min(v["latency_ratio"] for v in static.values()), max(v["latency_ratio"] for v in static.values())
+    ]
     print("goals:", ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in result["goals"].items()))
+    low, high = result["int8_static_latency_ratio_range"]
+    print(f"int8-static latency / fp32 latency on this CPU: {low:.2f} to {high:.2f}")
     print_json(result)
 
 

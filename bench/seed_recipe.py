@@ -5,7 +5,8 @@
 Seed: ``torch.quantization.quantize_dynamic(model, {nn.Linear, nn.Conv2d}, dtype=torch.qint8)``,
 size from ``torch.save(state_dict)`` and latency from PyTorch, as the tutorial measures.
 Ours: the same trained network exported to ONNX and quantized int8-static (QDQ,
-per-channel, MinMax calibration on 512 training images), run by ONNX Runtime.
+per-channel, MinMax calibration on 512 training images) with the int8 types the search
+uses for this machine (the ``host`` target profile), run by ONNX Runtime.
 Data: the embedded digits, upsampled to the tutorial's 1x28x28 input; accuracy on the
 held-out test split. Latencies are batch-1 medians over interleaved rounds, both
 runtimes on the same thread count.
@@ -29,6 +30,7 @@ from search.evaluate import onnx_accuracy
 from search.export import export_onnx
 from search.measure import TimingPlan, latency_stats, measure_latency
 from search.quantize import quantize
+from search.targets import get_target
 from search.train import TrainConfig, accuracy, fit, predict_logits
 
 RESOLUTION = 28
@@ -98,7 +100,10 @@ def main() -> None:
     quantized_layers = sorted({type(m).__module__ + "." + type(m).__name__ for m in seed.modules() if "quantized" in type(m).__module__})
 
     fp32_onnx = export_onnx(model, train.x[:1])
-    int8_onnx = quantize(fp32_onnx, "int8-static", train.x[:512].numpy(), "minmax", activation_type="uint8")
+    host = get_target("host")
+    int8_onnx = quantize(fp32_onnx, "int8-static", train.x[:512].numpy(), "minmax",
+                         activation_type=host.activation_type, weight_type=host.weight_type,
+                         reduce_range=host.reduce_range)
 
     plan = TimingPlan()
     lat = {k: [] for k in ("torch fp32", "seed: torch quantize_dynamic", "ONNX fp32", "ours: ONNX int8-static")}

@@ -167,6 +167,7 @@ def _quantize(fp32: bytes, comp, calibration: np.ndarray, target: Target) -> byt
         calib_method=comp.calib_method,
         activation_type=target.activation_type,
         weight_type=target.weight_type,
+        reduce_range=target.reduce_range,
     )
 
 

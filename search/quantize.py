@@ -4,7 +4,10 @@ Modes: ``fp32`` (unchanged), ``fp16`` (weights and activations in half precision
 float32 inputs and outputs kept so callers need not change), ``int8-dynamic`` (int8
 weights, activations quantized on the fly) and ``int8-static`` (QDQ, per-channel
 weights, activation ranges calibrated on training samples). The int8 types come from
-the target: signed activations suit ARM, unsigned suit x86 without VNNI.
+the target: signed activations suit ARM, unsigned suit x86 without VNNI. On x86 without
+VNNI the unsigned x signed int8 kernels add pairs of products in 16 bits, which can
+saturate; ``reduce_range`` keeps weights to 7 bits so that they cannot (measured on
+CIFAR-10 in BENCHMARKS.md: 0.9 points of accuracy back, at the same speed).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ def quantize(
     calib_method: str | None = None,
     activation_type: str = "uint8",
     weight_type: str = "int8",
+    reduce_range: bool = False,
 ) -> bytes:
     """The model quantized as ``mode`` asks; ``calibration`` (N x C x H x W) is needed for int8-static."""
     if mode == "fp32":
@@ -43,7 +47,9 @@ def quantize(
     if mode == "int8-static":
         if calibration is None or len(calibration) == 0:
             raise ValueError("int8-static quantization needs calibration samples")
-        return _int8_static(onnx_bytes, calibration, calib_method or "minmax", activation_type, weight_type)
+        return _int8_static(
+            onnx_bytes, calibration, calib_method or "minmax", activation_type, weight_type, reduce_range
+        )
     raise ValueError(f"unknown quantization mode {mode!r}")
 
 
@@ -102,7 +108,12 @@ _CALIBRATOR_OPTIONS = {
 
 
 def _int8_static(
-    onnx_bytes: bytes, calibration: np.ndarray, calib_method: str, activation_type: str, weight_type: str
+    onnx_bytes: bytes,
+    calibration: np.ndarray,
+    calib_method: str,
+    activation_type: str,
+    weight_type: str,
+    reduce_range: bool,
 ) -> bytes:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
@@ -136,6 +147,7 @@ def _int8_static(
                 per_channel=True,
                 activation_type=types[activation_type],
                 weight_type=types[weight_type],
+                reduce_range=reduce_range,
                 calibrate_method=methods[calib_method],
                 calibration_cache_path=ranges,
                 extra_options={"ActivationSymmetric": symmetric},

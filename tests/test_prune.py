@@ -68,3 +68,10 @@ def test_pruned_shape_does_not_depend_on_weights():
 def test_zero_ratio_is_a_no_op():
     model = _model()
     assert prune(model, 0.0, 8, X).spec == parse_arch(SPEC)
+
+
+@pytest.mark.parametrize("ratio, expected", [(0.5, 16), (0.7, 8)])
+def test_kept_widths_round_to_the_nearest_multiple(ratio, expected):
+    # The first block's 24 channels: 12 kept at 0.5 rounds to 16 (not down to 8);
+    # 7.2 kept at 0.7 rounds to 8 (not to zero, which left all 24).
+    assert prune(_model(), ratio, 8, X).spec.blocks[0].out_chs == expected

@@ -74,3 +74,18 @@ def test_calibration_methods_give_different_ranges(fp32, calibration):
     # ORT's own Entropy settings reproduce MinMax byte for byte; ours must not.
     files = {m: quantize(fp32, "int8-static", calibration, m) for m in ("minmax", "entropy", "percentile")}
     assert len(set(files.values())) == 3
+
+
+def _conv_weight_codes(onnx_bytes: bytes) -> np.ndarray:
+    model = onnx.load_from_string(onnx_bytes)
+    int8_weights = [onnx.numpy_helper.to_array(i) for i in model.graph.initializer
+                    if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
+    assert int8_weights
+    return np.concatenate([w.ravel() for w in int8_weights])
+
+
+def test_reduce_range_keeps_weights_to_seven_bits(fp32, calibration):
+    full = _conv_weight_codes(quantize(fp32, "int8-static", calibration, "minmax"))
+    reduced = _conv_weight_codes(quantize(fp32, "int8-static", calibration, "minmax", reduce_range=True))
+    assert np.abs(full).max() == 127
+    assert np.abs(reduced).max() <= 64
