@@ -4,16 +4,15 @@ Torch-Pruning's dependency graph finds the channels that must go together (a res
 sum's inputs, a depthwise conv and the convs around it, squeeze-excite's scale), the
 L2 magnitude of each group ranks them, and every prunable layer loses the same share,
 its kept width rounded to the nearest multiple of ``channel_round`` (odd widths can
-make a smaller network slower). Because the share is the same everywhere, the pruned *shapes* depend only on
-the ratio and the rounding, not on the weights: the cost stage can predict them on
-an untrained network.
+make a smaller network slower). Because the share is the same everywhere, the pruned
+*shapes* depend only on the ratio and the rounding, not on the weights: the cost stage
+can predict them on an untrained network.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import math
+from typing import Callable
 
 import torch
 import torch_pruning as tp
