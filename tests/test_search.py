@@ -92,7 +92,10 @@ def _running_trial_number(cwd, name):
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "crash"])
 def test_interrupted_study_resumes_to_exactly_the_budget(tmp_path, cache_dir, how):
     args = [sys.executable, str(ROOT / "nas.py"), "--budget", "5", "--study", "resume", "--cache-dir", str(cache_dir), *FAST]
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A shell's background job (CI may be one) inherits SIGINT ignored, and Python then
+    # installs no Ctrl-C handler: restore the default so the child sees a real Ctrl-C.
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # Interrupt during the third trial (number 2).
         assert _wait_for(lambda: _running_trial_number(tmp_path, "resume") == 2), "trial 3 never started"
