@@ -3,10 +3,11 @@
     python bench/agent.py [--rounds 5] [--threads 1]
 
 Starts a real agent (``python nas.py agent``) on loopback and measures each model
-``--rounds`` times both ways: in this process, as ``LocalMeasurer`` does, and through
-``AgentMeasurer`` (HTTP, then a child process of the agent per model). Each round
-measures both, alternating which goes first, so that drift of the machine affects
-both alike. The networks are MobileNetV3-style, untrained (latency depends on shapes
+``--rounds`` times each way: in this process, as ``LocalMeasurer`` does; through
+``AgentMeasurer`` (HTTP, then a child process of the agent per model); and in this
+process from a single load of the model (``TimingPlan(sessions=1)``, how measurements
+were taken before they were pooled over three loads). Each round measures every way,
+rotating which goes first, so that drift of the machine affects all alike. The networks are MobileNetV3-style, untrained (latency depends on shapes
 only), exported as the search exports them.
 
 Figures: the median over rounds of each side's p50; the agent's overhead, the median
@@ -14,7 +15,8 @@ over rounds of agent p50 / local p50 - 1 (paired within a round, so that the mac
 drift cancels; goal <= 5%); the coefficient of variation (std / mean) of each side's
 p50 over the rounds (goal <= 3%); the wall time of one measurement request on each
 side. The local CV is the machine's own noise floor: where it is over a goal, the
-machine cannot judge that goal, and the bench says so.
+machine cannot judge that goal, and the bench says so. The CV of the local side's
+minimum shows how much of that floor is interference, which only ever adds time.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from common import ROOT, log, print_json, print_table
 from search.agent_client import AgentMeasurer
 from search.export import export_onnx
 from search.latency import LocalMeasurer
+from search.measure import LatencyStats, TimingPlan
 from search.targets import get_target
 from spaces import MOBILENET_V3_SMALL, build_model, parse_arch
 
@@ -82,11 +85,11 @@ def onnx_model(spec: str, resolution: int) -> bytes:
     return export_onnx(build_model(arch), torch.zeros(1, arch.in_chs, resolution, resolution))
 
 
-def timed(measurer, model: bytes) -> tuple[float, float]:
-    """(p50 in ms, wall seconds of the whole measurement)."""
+def timed(measurer, model: bytes) -> tuple[LatencyStats, float]:
+    """The measurement's statistics and the wall seconds of the whole request."""
     start = time.perf_counter()
-    p50 = measurer.measure(model).stats.p50_ms
-    return p50, time.perf_counter() - start
+    stats = measurer.measure(model).stats
+    return stats, time.perf_counter() - start
 
 
 def cv(values: list[float]) -> float:
@@ -104,19 +107,24 @@ def main() -> None:
         proc, port = start_agent(token, Path(tmp) / "agent.log")
         try:
             target = replace(get_target("host", f"127.0.0.1:{port}"), threads=args.threads)
-            sides = {"local": LocalMeasurer(target), "agent": AgentMeasurer(target, token)}
+            sides = {
+                "local": LocalMeasurer(target),
+                "agent": AgentMeasurer(target, token),
+                "one_load": LocalMeasurer(target, TimingPlan(sessions=1)),
+            }
             results = {}
             for name, spec, resolution in MODELS:
                 model = onnx_model(spec, resolution)
                 log(f"{name}: {len(model) / 1024:.0f} KB, {args.rounds} rounds")
-                p50s = {side: [] for side in sides}
+                rounds = {side: [] for side in sides}
                 walls = {side: [] for side in sides}
                 for r in range(args.rounds):
-                    order = list(sides) if r % 2 == 0 else list(reversed(sides))
+                    order = list(sides)[r % len(sides):] + list(sides)[: r % len(sides)]
                     for side in order:
-                        p50, wall = timed(sides[side], model)
-                        p50s[side].append(p50)
+                        stats, wall = timed(sides[side], model)
+                        rounds[side].append(stats)
                         walls[side].append(wall)
+                p50s = {side: [s.p50_ms for s in rounds[side]] for side in sides}
                 local, agent = (statistics.median(p50s[s]) for s in ("local", "agent"))
                 results[name] = {
                     "size_kb": round(len(model) / 1024, 1),
@@ -125,6 +133,8 @@ def main() -> None:
                     "overhead": statistics.median(a / b for a, b in zip(p50s["agent"], p50s["local"])) - 1,
                     "local_cv": cv(p50s["local"]),
                     "agent_cv": cv(p50s["agent"]),
+                    "one_load_cv": cv(p50s["one_load"]),
+                    "local_cv_min": cv([s.min_ms for s in rounds["local"]]),
                     "local_wall_s": statistics.median(walls["local"]),
                     "agent_wall_s": statistics.median(walls["agent"]),
                 }
@@ -134,13 +144,15 @@ def main() -> None:
 
     rows = [
         [name, r["size_kb"], f"{r['local_p50_ms']:.4f}", f"{r['agent_p50_ms']:.4f}", f"{100 * r['overhead']:+.1f}%",
-         f"{100 * r['local_cv']:.1f}%", f"{100 * r['agent_cv']:.1f}%", f"{r['local_wall_s']:.2f}", f"{r['agent_wall_s']:.2f}"]
+         f"{100 * r['local_cv']:.1f}%", f"{100 * r['agent_cv']:.1f}%", f"{100 * r['one_load_cv']:.1f}%",
+         f"{100 * r['local_cv_min']:.1f}%", f"{r['local_wall_s']:.2f}", f"{r['agent_wall_s']:.2f}"]
         for name, r in results.items()
     ]
     print_table(
         f"Latency measured locally and by the agent on loopback, batch 1, {args.threads} thread(s), "
         f"{args.rounds} rounds (medians; CV = std/mean of the rounds' p50s)",
-        ["model", "KB", "local p50 ms", "agent p50 ms", "overhead", "local CV", "agent CV", "local s", "agent s"],
+        ["model", "KB", "local p50 ms", "agent p50 ms", "overhead", "local CV", "agent CV",
+         "one-load CV", "local CV of min", "local s", "agent s"],
         rows,
     )
     worst_overhead = max(abs(r["overhead"]) for r in results.values())

@@ -68,7 +68,7 @@ import numpy as np
 
 from .measure import TimingPlan, machine_info, make_session, measure_latency
 
-PROTOCOL = 1  # bumped when a request or reply changes shape; the client checks it
+PROTOCOL = 2  # bumped when a request or reply changes shape; the client checks it
 SOCKET_TIMEOUT_S = 30.0  # longest wait for the next bytes of a request
 DRAIN_S = 5.0  # longest the agent reads a refused body, so the client gets to read the refusal
 TIME_LIMIT_S = 300.0  # hard limit on one measurement or run, model loading included
@@ -360,7 +360,10 @@ def _timing_plan(query: dict) -> TimingPlan:
             raise RequestError(HTTPStatus.BAD_REQUEST, f"{name} must be a number, got {text!r}") from None
         if not 0 <= values[name] < float("inf"):
             raise RequestError(HTTPStatus.BAD_REQUEST, f"{name} must be >= 0 and finite, got {text!r}")
-    return replace(TimingPlan(), **values)
+    try:
+        return replace(TimingPlan(), **values)
+    except ValueError as e:
+        raise RequestError(HTTPStatus.BAD_REQUEST, str(e)) from None
 
 
 def _load_npy(data: bytes) -> np.ndarray:

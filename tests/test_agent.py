@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 
 from conftest import FAST, ROOT, run_nas
 from search import agent_client, attrs
-from search.agent import ModelRunner, RequestError, measure_job
+from search.agent import PROTOCOL, ModelRunner, RequestError, measure_job
 from search.agent_client import AgentError, AgentMeasurer
 from search.evaluate import onnx_logits
 from search.export import export_onnx
@@ -104,7 +104,7 @@ def external_data_model(location: str) -> bytes:
 
 def assert_still_serving(port: int, model: bytes) -> None:
     status, info = request(port, "GET", "/info")
-    assert status == 200 and info["protocol"] == 1
+    assert status == 200 and info["protocol"] == PROTOCOL
     status, reply = request(port, "POST", measure_path(threads=1), model)
     assert status == 200, reply
     assert reply["stats"]["runs"] >= 10 and reply["stats"]["p50_ms"] > 0
@@ -166,6 +166,7 @@ def test_hostile_model_cannot_read_files_through_run(agent, model):
     [
         ("POST", "/measure?bogus=1", 400, "unknown parameters ['bogus']"),
         ("POST", "/measure?min_runs=many", 400, "must be a number"),
+        ("POST", "/measure?sessions=0", 400, "sessions must be at least 1"),
         ("POST", "/measure?threads=-1", 400, "threads must be an integer"),
         ("POST", "/measure?provider=TensorrtExecutionProvider", 400, "not available"),
         ("POST", "/run", 400, "model_bytes"),

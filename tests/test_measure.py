@@ -39,6 +39,25 @@ def test_real_onnx_runtime_measurement_follows_the_plan():
     assert 0 < stats.min_ms <= stats.p10_ms <= stats.p50_ms <= stats.p90_ms <= stats.max_ms
 
 
+def test_runs_are_pooled_over_separate_loads_of_the_model(monkeypatch):
+    from search import measure
+
+    loads = []
+    real_make_session = measure.make_session
+    monkeypatch.setattr(measure, "make_session", lambda *a: loads.append(1) or real_make_session(*a))
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU())
+    onnx_bytes = export_onnx(model, torch.zeros(1, 1, 8, 8))
+    plan = TimingPlan(sessions=4, warmup_runs=1, warmup_seconds=0.0, min_runs=40, min_seconds=0.0, max_runs=80)
+    stats = measure_latency(onnx_bytes, threads=1, plan=plan)
+    assert len(loads) == 4
+    assert stats.runs == 40  # 10 a session: the totals are split, not multiplied
+
+
+def test_a_plan_needs_a_session():
+    with pytest.raises(ValueError, match="sessions must be at least 1"):
+        TimingPlan(sessions=0)
+
+
 def test_machine_info_says_where():
     info = machine_info(threads=2)
     assert {"host", "cpu", "arch", "onnxruntime", "threads", "emulated"} <= set(info)
