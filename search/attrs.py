@@ -8,6 +8,7 @@ PRUNE_RATIO = "prune_ratio"
 CHANNEL_ROUND = "channel_round"
 QUANT = "quant"
 CALIB_METHOD = "calib_method"
+INT8_TYPES = "int8_types"  # int8-static only: {"activations", "weights", "weight_bits"} from the target
 PARAMS = "params"
 PARAMS_BEFORE_PRUNE = "params_before_prune"
 MACS = "macs"

@@ -81,6 +81,14 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> tuple[float, float, flo
     trial.set_user_attr(attrs.CHANNEL_ROUND, comp.channel_round)
     trial.set_user_attr(attrs.QUANT, comp.quant)
     trial.set_user_attr(attrs.CALIB_METHOD, comp.calib_method)
+    if comp.quant == "int8-static":
+        # The types come from the target, not the trial: record them, so that trials of
+        # studies run with other profiles or versions can be told apart.
+        trial.set_user_attr(attrs.INT8_TYPES, {
+            "activations": ctx.target.activation_type,
+            "weights": ctx.target.weight_type,
+            "weight_bits": 7 if ctx.target.reduce_range else 8,
+        })
     trial.set_user_attr(attrs.TARGET, ctx.target.name)
     torch.manual_seed(cfg.seed * 100_003 + trial.number)
     example = data.train.x[:1]

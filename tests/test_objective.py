@@ -1,5 +1,6 @@
 """The trial loop in-process: failures, constraints, the measurement cache."""
 
+import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -132,6 +133,10 @@ def test_int8_static_trial_reports_the_accuracy_of_the_quantized_file(tmp_path, 
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in onnx.load_from_string(deployed).graph.node}
     assert acc == ua[attrs.ACCURACY] == pytest.approx(onnx_accuracy(deployed, digits.val))
     assert ua[attrs.QUANT] == "int8-static" and ua[attrs.CALIB_METHOD] == "entropy"
+    weight_codes = np.concatenate([onnx.numpy_helper.to_array(i).ravel() for i in onnx.load_from_string(deployed).graph.initializer
+                                   if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4])
+    bits = ua[attrs.INT8_TYPES]["weight_bits"]
+    assert np.abs(weight_codes).max() <= 2 ** (bits - 1) and (bits == 7) == ctx.target.reduce_range
     assert ua[attrs.SIZE_BYTES] == len(deployed) < ua[attrs.SIZE_BYTES_FP32]
     assert 0 <= ua[attrs.ACCURACY_BEFORE_QUANT] <= 1
     assert size_kb == pytest.approx(len(deployed) / 1024) and latency == ua[attrs.LATENCY_P50] > 0
