@@ -24,10 +24,11 @@ class TimingPlan:
 
     The runs are spread over ``sessions`` separate loads of the model. Where a load
     places the model's buffers can make every run of that load slower or faster: a
-    25 us model measured 0.0243-0.0253 ms in most loads and 0.027-0.028 ms in about
-    one in six, whatever the number of runs. One load is one draw of that placement;
-    pooling three cut the spread of repeated measurements of that model from 4.1% to
-    2.1% for the same number of runs. Run counts and seconds are totals over the loads.
+    25 us model measured 0.0243-0.0253 ms in 26 of 30 loads and 0.027-0.028 ms in the
+    other 4, whatever the number of runs. One load is one draw of that placement, and
+    pooling three averages the draws (bench/loads.py: on a quiet machine, the CV of 20
+    measurements of that model went from 4.4% to 0.9%; BENCHMARKS.md has the noisy
+    runs too). Run counts and seconds are totals over the loads.
     """
 
     sessions: int = 3

@@ -133,7 +133,8 @@ def test_int8_static_trial_reports_the_accuracy_of_the_quantized_file(tmp_path, 
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in onnx.load_from_string(deployed).graph.node}
     assert acc == ua[attrs.ACCURACY] == pytest.approx(onnx_accuracy(deployed, digits.val))
     assert ua[attrs.QUANT] == "int8-static" and ua[attrs.CALIB_METHOD] == "entropy"
-    weight_codes = np.concatenate([onnx.numpy_helper.to_array(i).ravel() for i in onnx.load_from_string(deployed).graph.initializer
+    initializers = onnx.load_from_string(deployed).graph.initializer
+    weight_codes = np.concatenate([onnx.numpy_helper.to_array(i).ravel() for i in initializers
                                    if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4])
     bits = ua[attrs.INT8_TYPES]["weight_bits"]
     assert np.abs(weight_codes).max() <= 2 ** (bits - 1) and (bits == 7) == ctx.target.reduce_range
