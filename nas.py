@@ -17,6 +17,9 @@ import argparse
 import logging
 import os
 import sys
+from dataclasses import fields
+
+from search.study.config import StudyConfig
 
 COMMANDS = ("search", "report", "status", "export", "teacher", "agent")
 EXIT_USAGE = 2
@@ -37,6 +40,22 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", metavar="DIR", default="studies/.cache", help="teachers and decoded images (default: %(default)s)")
 
 
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    """One option per study setting; its type, default and help come from StudyConfig.
+    Options not given stay None, so that a joined study's stored settings apply."""
+    for f in fields(StudyConfig):
+        meta = f.metadata
+        kind = float if f.default is None else type(f.default)
+        shown = "none" if f.default is None else f"{f.default:g}" if kind is float else f.default
+        p.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=kind,
+            metavar=meta["metavar"],
+            choices=meta["choices"],
+            help=f"{meta['help']} (default: {shown})",
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nas.py",
@@ -55,30 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Rerunning the same command resumes: --budget counts complete trials of the study, earlier runs included.",
     )
     s.add_argument("--budget", type=int, default=50, metavar="N", help="complete trials the study should end with (default: %(default)s)")
-    s.add_argument("--target", metavar="NAME", help="hardware profile: host (default), arm, x86, cuda, or one in studies/targets.toml")
     s.add_argument("--device", metavar="HOST:PORT", help="measure latency on the board agent at HOST:PORT (see 'nas.py agent')")
     s.add_argument("--token", metavar="SECRET", default=os.environ.get("EDGENAS_TOKEN"), help="the agent's token (default: $EDGENAS_TOKEN)")
     _add_study_args(s)
-    s.add_argument(
-        "--dataset",
-        metavar="NAME",
-        help="digits (default; embedded, no download), cifar10, mnist, fashion-mnist (with --data-dir), "
-        "or imagefolder:PATH (a folder or zip with train/ and test/ or val/ of class folders)",
-    )
     _add_data_args(s)
-    s.add_argument("--space", metavar="NAME", help="search space: auto (default: compact up to 16 px, mbv3 above), compact, mbv3, tiny")
-    s.add_argument("--epochs", type=float, metavar="N", help="proxy training epochs per candidate (default: 8)")
-    s.add_argument("--finetune-epochs", type=float, metavar="N", help="distillation fine-tune after pruning (default: 4)")
-    s.add_argument("--prune-steps", type=int, metavar="N", help="iterative pruning steps, fine-tuning between them (default: 1)")
-    s.add_argument("--alpha", type=float, metavar="A", help="distillation weight: (1-A)*CE + A*T^2*KL (default: 0.3)")
-    s.add_argument("--temperature", type=float, metavar="T", help="distillation temperature (default: 4)")
-    s.add_argument("--teacher-epochs", type=int, metavar="N", help="teacher training epochs (default: by data set size)")
-    s.add_argument("--calib-samples", type=int, metavar="N", help="int8-static calibration samples (default: 256)")
-    s.add_argument("--sampler", choices=("nsga2", "tpe", "random"), help="Optuna sampler (default: nsga2)")
-    s.add_argument("--population", type=int, metavar="N", help="NSGA-II generation size (default: 16)")
-    s.add_argument("--seed", type=int, metavar="N", help="seed of the sampler and of training (default: 0)")
-    s.add_argument("--max-latency-ms", type=float, metavar="MS", help="reject candidates slower than this, before training")
-    s.add_argument("--max-size-kb", type=float, metavar="KB", help="reject candidates whose file is larger, before training")
+    _add_config_args(s)
     s.add_argument("-v", "--verbose", action="store_true", help="log what each stage does")
 
     r = sub.add_parser("report", help="rebuild a study's table, plot, CSV and front files")
@@ -101,18 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weights", metavar="PATH", help="a ResNet-18 state dict to install instead of training")
     t.add_argument("--epochs", type=int, metavar="N", help="training epochs (default: by data set size)")
 
-    a = sub.add_parser(
-        "agent",
-        help="serve latency measurements on a board (needs only onnxruntime and numpy)",
-        description="Run on the target board. Receives ONNX files from search workers, measures one at a time, "
-        "replies with latency statistics and what it ran on. Install on the board with: "
-        "pip install onnxruntime numpy; then copy nas.py and search/ there.",
-    )
-    a.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s; 0.0.0.0 for the network)")
-    a.add_argument("--port", type=int, default=8470, help="(default: %(default)s)")
-    a.add_argument("--token", default=os.environ.get("EDGENAS_TOKEN"), help="required secret (default: $EDGENAS_TOKEN)")
-    a.add_argument("--max-model-mb", type=float, default=64.0, help="refuse larger models (default: %(default)s)")
-    a.add_argument("--time-limit-s", type=float, default=300.0, help="stop a measurement after this long (default: %(default)s)")
+    # The agent parses its own options (search/board/agent.py): a board has no more than that.
+    sub.add_parser("agent", add_help=False, help="serve latency measurements on a board (needs only onnxruntime and numpy)")
     return parser
 
 
@@ -123,16 +113,13 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["agent"]:  # no torch on a board: import nothing else
+        from search.board.agent import main as agent_main
+
+        return agent_main(argv[1:], prog="nas.py agent")
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
         argv.insert(0, "search")
     args = build_parser().parse_args(argv)
-
-    if args.command == "agent":  # no torch on a board: import nothing else
-        from search.agent import serve
-
-        if not args.token:
-            return _fail("the agent needs --token SECRET (or $EDGENAS_TOKEN): it runs what it is sent")
-        return serve(args.host, args.port, args.token, int(args.max_model_mb * 1024 * 1024), args.time_limit_s)
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if getattr(args, "verbose", False):  # ours only: ONNX Runtime's quantizer logs every tensor at INFO

@@ -37,10 +37,10 @@ from pathlib import Path
 import torch
 from common import ROOT, log, print_json, print_table
 
-from search.agent_client import AgentMeasurer
-from search.export import export_onnx
-from search.latency import LocalMeasurer
-from search.measure import LatencyStats, TimingPlan
+from search.board.client import AgentMeasurer
+from search.stages.export import export_onnx
+from search.stages.measure import LocalMeasurer
+from search.board.timing import LatencyStats, TimingPlan
 from search.targets import get_target
 from spaces import MOBILENET_V3_SMALL, build_model, parse_arch
 

@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from search.data import Dataset, load_dataset  # noqa: E402
-from search.teacher import Teacher, import_teacher, load_or_train_teacher, teacher_path  # noqa: E402
-from search.train import TrainConfig, accuracy, fit, predict_logits  # noqa: E402
+from search.stages.teacher import Teacher, import_teacher, load_or_train_teacher, teacher_path  # noqa: E402
+from search.stages.train import TrainConfig, accuracy, fit, predict_logits  # noqa: E402
 from spaces import MobileNetV3Like, build_model, parse_arch  # noqa: E402
 
 SHARED = ROOT.parent / "shared"

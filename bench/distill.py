@@ -20,7 +20,7 @@ from common import cifar10, cifar_teacher, log, print_json, print_table
 from torch import nn
 
 from search.data import Split
-from search.train import TrainConfig, accuracy, fit, predict_logits
+from search.stages.train import TrainConfig, accuracy, fit, predict_logits
 
 
 def student(widths=(128, 256, 384), num_classes=10) -> nn.Module:

@@ -20,7 +20,7 @@ from dataclasses import replace
 from agent import MODELS, cv, onnx_model
 from common import log, print_json, print_table
 
-from search.measure import TimingPlan, measure_latency
+from search.board.timing import TimingPlan, measure_latency
 
 SESSIONS = (1, 3, 5)
 

@@ -19,12 +19,12 @@ import statistics
 import torch
 from common import cifar10, cifar_teacher, log, print_json, print_table, trained_bench_model
 
-from search.cost import count_cost
-from search.evaluate import onnx_accuracy
-from search.export import export_onnx
-from search.measure import measure_latency
-from search.prune import prune
-from search.train import TrainConfig, fit
+from search.stages.cost import count_cost
+from search.stages.evaluate import onnx_accuracy
+from search.stages.export import export_onnx
+from search.board.timing import measure_latency
+from search.stages.prune import prune
+from search.stages.train import TrainConfig, fit
 
 RATIOS = (0.0, 0.25, 0.5, 0.7)
 GOALS_AT_HALF = {"params_ratio": 0.35, "latency_ratio": 0.7, "accuracy_drop_points": 2.0}

@@ -16,11 +16,11 @@ import statistics
 
 from common import cifar10, cifar_teacher, log, print_json, print_table, trained_bench_model
 
-from search.cost import count_cost
-from search.evaluate import onnx_accuracy
-from search.export import export_onnx
-from search.measure import measure_latency
-from search.quantize import quantize
+from search.stages.cost import count_cost
+from search.stages.evaluate import onnx_accuracy
+from search.stages.export import export_onnx
+from search.board.timing import measure_latency
+from search.stages.quantize import quantize
 
 GOAL_SIZE_RATIO = 0.30
 GOAL_ACC_DROP = 0.010

@@ -26,12 +26,12 @@ from torch import nn
 from common import log, print_json, print_table
 
 from search.data import Split, load_dataset
-from search.evaluate import onnx_accuracy
-from search.export import export_onnx
-from search.measure import TimingPlan, latency_stats, measure_latency
-from search.quantize import quantize
+from search.stages.evaluate import onnx_accuracy
+from search.stages.export import export_onnx
+from search.board.timing import TimingPlan, latency_stats, measure_latency
+from search.stages.quantize import quantize
 from search.targets import get_target
-from search.train import TrainConfig, accuracy, fit, predict_logits
+from search.stages.train import TrainConfig, accuracy, fit, predict_logits
 
 RESOLUTION = 28
 

@@ -6,11 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import attrs
-from .config import STUDIES_DIR, ConfigError, config_keys
 from .data import DatasetError
 from .progress import SearchProgress
-from .study import SearchError, SearchRequest
+from .study import attrs
+from .study.config import STUDIES_DIR, ConfigError, config_keys, study_dir
+from .study.storage import SearchError
 from .targets import TargetError
 
 USAGE_ERRORS = (ConfigError, DatasetError, TargetError)
@@ -77,7 +77,7 @@ class TerminalProgress(SearchProgress):
 
 
 def _print_outputs(report, out_dir: Path) -> None:
-    from .report import format_table
+    from .report.front import format_table
 
     print(format_table(report))
     print(f"\nwrote {out_dir}/pareto.png, {out_dir}/pareto.csv and {len(report.front)} ONNX files in {out_dir}/pareto/")
@@ -86,8 +86,7 @@ def _print_outputs(report, out_dir: Path) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     import optuna
 
-    from .config import study_dir
-    from .runner import run_search
+    from .runner import SearchRequest, run_search
 
     if not args.verbose:
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported by our own line
@@ -108,7 +107,6 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .config import study_dir
     from .runner import report_study
 
     report = report_study(args.study, args.storage, args.data_dir, args.cache_dir)
@@ -117,59 +115,26 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import optuna
-    from optuna.trial import TrialState
+    from .study.storage import study_summaries
 
-    from .study import check_storage_url, open_storage
-
-    if args.storage:
-        check_storage_url(args.storage, user_given=True)
-        urls = [args.storage]
-    else:
-        urls = [f"sqlite:///{p}" for p in sorted(STUDIES_DIR.glob("*/study.db"))]
-    if not urls:
-        print("no studies under studies/; start one with: python nas.py --budget 50")
-        return 0
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    for url in urls:
-        storage = open_storage(url)
-        for summary in storage.get_all_studies():
-            if args.study and summary.study_name != args.study:
-                continue
-            study = optuna.load_study(study_name=summary.study_name, storage=storage)
-            trials = study.get_trials(deepcopy=False)
-            counts = {s: sum(t.state == s for t in trials) for s in TrialState}
-            config = study.user_attrs.get(attrs.STUDY_CONFIG, "{}")
-            print(
-                f"{summary.study_name}: {counts[TrialState.COMPLETE]} complete, {counts[TrialState.FAIL]} failed, "
-                f"{counts[TrialState.PRUNED]} rejected, {counts[TrialState.RUNNING]} running  [{url}]\n  config {config}"
-            )
+    summaries = study_summaries(args.storage, args.study, STUDIES_DIR)
+    if not summaries:
+        print("no studies found; start one with: python nas.py --budget 50")
+    for s in summaries:
+        c = s.counts
+        print(
+            f"{s.name}: {c['COMPLETE']} complete, {c['FAIL']} failed, {c['PRUNED']} rejected, "
+            f"{c['RUNNING']} running  [{s.url}]\n  config {s.config}"
+        )
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    import optuna
+    from .study.storage import deployed_model
 
-    from .store import Store
-    from .study import check_storage_url, open_storage, storage_url_for
-
-    url = storage_url_for(args.study, args.storage)
-    check_storage_url(url, user_given=args.storage is not None)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    try:
-        study = optuna.load_study(study_name=args.study, storage=open_storage(url))
-    except KeyError:
-        raise ConfigError(f"no study {args.study!r} in {url}") from None
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    trial = trials.get(args.trial)
-    if trial is None or attrs.ONNX_SHA256 not in trial.user_attrs:
-        raise ConfigError(f"study {args.study} has no deployed model for trial {args.trial}")
-    data = Store(url).get_model(trial.user_attrs[attrs.ONNX_SHA256])
-    if data is None:
-        raise SearchError(f"the model of trial {args.trial} is missing from the study's database")
+    data, ua = deployed_model(args.study, args.storage, args.trial)
     out = Path(args.out or f"trial-{args.trial}.onnx")
     out.write_bytes(data)
-    ua = trial.user_attrs
     print(f"wrote {out} ({len(data) / 1024:.1f} KB): {ua.get(attrs.ARCH)} [{ua.get(attrs.COMPRESSION)}], "
           f"val accuracy {ua.get(attrs.ACCURACY):.4f}, p50 {ua.get(attrs.LATENCY_P50):.3f} ms")
     return 0
@@ -177,7 +142,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_teacher(args: argparse.Namespace) -> int:
     from .data import load_dataset
-    from .teacher import import_teacher, load_or_train_teacher, teacher_path
+    from .stages.teacher import import_teacher, load_or_train_teacher, teacher_path
 
     data = load_dataset(args.dataset, args.data_dir, args.cache_dir)
     if args.weights:

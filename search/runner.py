@@ -6,7 +6,6 @@ is checked before anything is written, so a bad command leaves no trace.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,92 +13,73 @@ import optuna
 
 from spaces import get_space
 
-from . import attrs
-from .config import ConfigError, StudyConfig, study_dir
 from .data import Dataset, check_dataset_name, load_dataset
-from .evaluate import onnx_accuracy
 from .progress import SearchProgress
-from .report import Report, build_report, format_table, write_outputs
-from .store import Store
-from .study import (
-    SearchError,
-    SearchRequest,
-    check_storage_url,
-    count_complete,
-    create_or_load_study,
-    open_storage,
-    resolve,
-    run_trials,
-    storage_url_for,
-    stored_config,
-    study_name_for,
-    with_space_resolved,
-)
-from .targets import Target, check_measurable, get_target
-
-log = logging.getLogger(__name__)
+from .report.draw import write_outputs
+from .report.front import Report, build_report
+from .stages.evaluate import onnx_accuracy
+from .stages.measure import CachedMeasurer, Measurer, make_measurer
+from .stages.teacher import load_or_train_teacher
+from .study import attrs
+from .study.config import ConfigError, study_dir
+from .study.loop import count_complete, run_trials
+from .study.objective import TrialContext, run_trial
+from .study.storage import Store, StudyPlan, existing_study, open_study, plan_study, study_config
+from .targets import Target, get_target
 
 
-def make_measurer(target, token: str | None):
-    """Local timing, or the board agent's once it has been reached and checked."""
-    from .latency import LocalMeasurer
+@dataclass(frozen=True)
+class SearchRequest:
+    """What the command line asks for; settings not given are absent from ``explicit``."""
 
-    if target.device is None:
-        check_measurable(target)
-        return LocalMeasurer(target)
-    from .agent_client import AgentMeasurer
-
-    return AgentMeasurer(target, token)
+    budget: int
+    explicit: dict
+    study: str | None = None
+    storage: str | None = None
+    data_dir: str | None = None
+    cache_dir: str = "studies/.cache"
+    device: str | None = None
+    token: str | None = None
 
 
 @dataclass(frozen=True)
 class Prepared:
-    study: str
-    url: str
-    config: StudyConfig
+    plan: StudyPlan
     target: Target
-    measurer: object  # LocalMeasurer or AgentMeasurer
+    measurer: Measurer
 
 
 def prepare(request: SearchRequest) -> Prepared:
     """Check the whole request, the board agent included, before anything is written."""
     if request.budget < 1:
         raise ConfigError(f"--budget must be >= 1 complete trials, got {request.budget}")
-    study = study_name_for(request)
-    url = storage_url_for(study, request.storage)
-    check_storage_url(url, user_given=request.storage is not None)
-    config = resolve(study, request.explicit, stored_config(url, study))
-    check_dataset_name(config.dataset, request.data_dir)
-    if config.space != "auto":
+    plan = plan_study(request.study, request.storage, request.explicit)
+    check_dataset_name(plan.config.dataset, request.data_dir)
+    if plan.config.space != "auto":
         try:
-            get_space(config.space)
+            get_space(plan.config.space)
         except ValueError as e:
             raise ConfigError(f"--space: {e}") from None
-    target = get_target(config.target, request.device)
-    return Prepared(study, url, config, target, make_measurer(target, request.token))
+    target = get_target(plan.config.target, request.device)
+    return Prepared(plan, target, make_measurer(target, request.token))
 
 
 def run_search(request: SearchRequest, progress: SearchProgress = SearchProgress()) -> Report:
-    from .latency import CachedMeasurer
-    from .objective import TrialContext, run_trial
-    from .teacher import load_or_train_teacher
-
     p = prepare(request)
-    data = load_dataset(p.config.dataset, request.data_dir, request.cache_dir)
-    config = with_space_resolved(p.config, data.resolution)
-    study = create_or_load_study(p.url, p.study, config)
-    store = Store(p.url)
-    measurer = CachedMeasurer(p.measurer, store)
-    progress.message(f"study {p.study}: {count_complete(study)} of {request.budget} trials complete; storage {p.url}")
+    data = load_dataset(p.plan.config.dataset, request.data_dir, request.cache_dir)
+    study, store = open_study(p.plan, data.resolution)
+    config = study_config(study)
+    progress.message(f"study {p.plan.name}: {count_complete(study)} of {request.budget} trials complete; storage {p.plan.url}")
     progress.message(f"target {p.target.describe()}")
 
     teacher = load_or_train_teacher(
         data, request.cache_dir, config.teacher_epochs or None, config.seed, on_progress=progress.fraction
     )
     progress.message(f"teacher: ResNet-18 {teacher.source}, validation accuracy {teacher.val_accuracy:.4f}")
+    measurer = CachedMeasurer(p.measurer, store)
     ctx = TrialContext(config, get_space(config.space), data, teacher, p.target, measurer, store, progress)
-    run_trials(study, request.budget, lambda trial: run_trial(trial, ctx), progress)
-    return finish(study, data, store, study_dir(p.study), p.target.name)
+    run_trials(study, config, request.budget, lambda trial: run_trial(trial, ctx), progress)
+    return finish(study, data, store, study_dir(p.plan.name), p.target.name)
 
 
 def finish(study: optuna.Study, data: Dataset, store: Store, out_dir: Path, target_name: str) -> Report:
@@ -119,19 +99,10 @@ def finish(study: optuna.Study, data: Dataset, store: Store, out_dir: Path, targ
     return report
 
 
-def report_study(
-    study: str, storage: str | None, data_dir: str | None, cache_dir: str
-) -> Report:
+def report_study(study: str, storage: str | None, data_dir: str | None, cache_dir: str) -> Report:
     """Rebuild the outputs of an existing study (``nas.py report``)."""
-    url = storage_url_for(study, storage)
-    check_storage_url(url, user_given=storage is not None)
-    config = stored_config(url, study)
-    if config is None:
-        raise ConfigError(f"no study {study!r} in {url}; list studies with: python nas.py status --storage URL")
-    check_dataset_name(config.dataset, data_dir)
-    data = load_dataset(config.dataset, data_dir, cache_dir)
-    s = optuna.load_study(study_name=study, storage=open_storage(url))
-    return finish(s, data, Store(url), study_dir(study), config.target)
-
-
-__all__ = ["SearchError", "SearchRequest", "format_table", "prepare", "report_study", "run_search", "resolve"]
+    plan = existing_study(study, storage)
+    check_dataset_name(plan.config.dataset, data_dir)
+    data = load_dataset(plan.config.dataset, data_dir, cache_dir)
+    opened, store = open_study(plan, data.resolution)
+    return finish(opened, data, store, study_dir(study), plan.config.target)

@@ -22,7 +22,7 @@ def digits():
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory, digits) -> Path:
     """A cache holding a digits teacher trained for one epoch: enough to distil from in tests."""
-    from search.teacher import load_or_train_teacher
+    from search.stages.teacher import load_or_train_teacher
 
     path = tmp_path_factory.mktemp("cache")
     load_or_train_teacher(digits, path, epochs=1)
@@ -31,7 +31,7 @@ def cache_dir(tmp_path_factory, digits) -> Path:
 
 @pytest.fixture(scope="session")
 def teacher(digits, cache_dir):
-    from search.teacher import load_or_train_teacher
+    from search.stages.teacher import load_or_train_teacher
 
     return load_or_train_teacher(digits, cache_dir)
 

@@ -24,12 +24,13 @@ from onnx import TensorProto, helper
 from optuna.trial import TrialState
 
 from conftest import FAST, ROOT, run_nas
-from search import agent_client, attrs
-from search.agent import PROTOCOL, ModelRunner, RequestError, measure_job
-from search.agent_client import AgentError, AgentMeasurer
-from search.evaluate import onnx_logits
-from search.export import export_onnx
-from search.measure import TimingPlan
+from search.board import client as agent_client
+from search.study import attrs
+from search.board.agent import PROTOCOL, ModelRunner, RequestError, measure_job
+from search.board.client import AgentError, AgentMeasurer
+from search.stages.evaluate import onnx_logits
+from search.stages.export import export_onnx
+from search.board.timing import TimingPlan
 from search.targets import TargetError, get_target
 
 TOKEN = "test-token"

@@ -2,7 +2,7 @@ import onnx
 import pytest
 import torch
 
-from search.export import ParityError, check_parity, export_onnx
+from search.stages.export import ParityError, check_parity, export_onnx
 from spaces import build_model, parse_arch
 
 SPEC = "in1-stem8_s1_hs-ir_k3_s2_x16_c16_se8_re-ir_k5_s1_x48_c16_hs-conv32_hs-fc32_hs-cls10"

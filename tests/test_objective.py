@@ -6,12 +6,11 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import FAST
-from search import attrs, objective
-from search.latency import CachedMeasurer, LocalMeasurer
-from search.measure import TimingPlan
-from search.runner import run_search
-from search.store import Store
-from search.study import SearchError, SearchRequest
+from search.study import attrs, objective
+from search.stages.measure import CachedMeasurer, LocalMeasurer
+from search.board.timing import TimingPlan
+from search.runner import SearchRequest, run_search
+from search.study.storage import SearchError, Store
 from search.targets import get_target
 
 
@@ -81,7 +80,7 @@ class _CountingMeasurer(LocalMeasurer):
 def test_an_identical_file_is_measured_once_per_setup(tmp_path):
     import torch
 
-    from search.export import export_onnx
+    from search.stages.export import export_onnx
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     onnx_bytes = export_onnx(model, torch.zeros(1, 1, 8, 8))
@@ -108,8 +107,8 @@ def _fixed_params(**overrides):
 
 
 def _context(tmp_path, digits, teacher):
-    from search.config import StudyConfig
-    from search.objective import TrialContext
+    from search.study.config import StudyConfig
+    from search.study.objective import TrialContext
     from search.progress import SearchProgress
     from spaces import get_space
 
@@ -123,7 +122,7 @@ def _context(tmp_path, digits, teacher):
 def test_int8_static_trial_reports_the_accuracy_of_the_quantized_file(tmp_path, digits, teacher):
     import onnx
 
-    from search.evaluate import onnx_accuracy
+    from search.stages.evaluate import onnx_accuracy
 
     ctx = _context(tmp_path, digits, teacher)
     trial = optuna.trial.FixedTrial(_fixed_params(quant="int8-static", calib_method="entropy"), number=1)

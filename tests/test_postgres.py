@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from conftest import FAST, ROOT
-from search import attrs
-from search.store import Store
+from search.study import attrs
+from search.study.storage import Store
 
 SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 

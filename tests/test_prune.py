@@ -2,9 +2,9 @@ import onnx
 import pytest
 import torch
 
-from search.cost import count_cost
-from search.export import export_onnx
-from search.prune import prune
+from search.stages.cost import count_cost
+from search.stages.export import export_onnx
+from search.stages.prune import prune
 from spaces import build_model, parse_arch
 
 SPEC = "in1-stem16_s1_hs-ir_k3_s2_x48_c24_se16_re-ir_k5_s1_x96_c48_hs-ir_r2_k5_s1_x192_c48_se48_hs-conv128_hs-fc128_hs-cls10"

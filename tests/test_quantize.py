@@ -3,10 +3,10 @@ import onnx
 import pytest
 import torch
 
-from search.evaluate import onnx_logits
-from search.export import export_onnx
-from search.measure import make_session
-from search.quantize import quantize
+from search.stages.evaluate import onnx_logits
+from search.stages.export import export_onnx
+from search.board.timing import make_session
+from search.stages.quantize import quantize
 from spaces import build_model, parse_arch
 
 SPEC = "in1-stem16_s1_hs-ir_k3_s2_x64_c32_se16_re-ir_r2_k3_s1_x128_c32_hs-conv128_hs-fc64_hs-cls10"

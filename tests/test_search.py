@@ -11,9 +11,9 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import FAST, ROOT, run_nas
-from search import attrs
-from search.evaluate import onnx_accuracy
-from search.store import Store
+from search.study import attrs
+from search.stages.evaluate import onnx_accuracy
+from search.study.storage import Store
 
 REQUIRED_ATTRS = [
     attrs.ARCH, attrs.PARAMS, attrs.MACS, attrs.SIZE_BYTES, attrs.LATENCY_P50, attrs.LATENCY_P90,

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from search.data import Split
-from search.train import TrainConfig, TrainingDiverged, distillation_loss, fit
+from search.stages.train import TrainConfig, TrainingDiverged, distillation_loss, fit
 
 
 def _manual(student, teacher, labels, alpha, t):

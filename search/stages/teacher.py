@@ -15,7 +15,7 @@ import torch
 import torchvision
 from torch import nn
 
-from .data import Dataset
+from ..data import Dataset
 from .train import TrainConfig, accuracy, fit, predict_logits
 
 log = logging.getLogger(__name__)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .data import Split
+from ..board.timing import make_session
+from ..data import Split
 from .export import INPUT_NAME
-from .measure import make_session
 
 
 def onnx_logits(onnx_bytes: bytes, x: np.ndarray, batch_size: int = 256) -> np.ndarray:

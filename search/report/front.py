@@ -1,24 +1,41 @@
-"""What a study leaves for the meeting: the Pareto front as a table, a CSV, a plot and
-the ONNX files of its members.
+"""The Pareto front as data: which trials are on it, and the table and CSV that list them.
 
-As in Optuna's visualization code, building *what to draw* (:func:`build_report`, a
-pure function of the trials' recorded attributes) is kept apart from drawing it, so
-that tests check the data and not pixels.
+Pure functions of the trials' recorded attributes (``search.study.attrs``): tests check
+this data, not pixels; ``draw`` turns it into the plot and the files.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import shutil
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
-from . import attrs
-from .pareto import pareto_mask
+from ..study import attrs
+
+
+def pareto_mask(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
+    """Which rows of ``values`` (n points x k objectives) no other row dominates.
+
+    A row dominates another when it is at least as good in every objective and
+    strictly better in one. Duplicated points are all kept.
+    """
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 2 or values.shape[1] != len(directions):
+        raise ValueError(f"expected an n x {len(directions)} array, got shape {values.shape}")
+    signs = np.array([-1.0 if d == "maximize" else 1.0 for d in directions])
+    costs = values * signs  # everything minimised
+    n = len(costs)
+    mask = np.ones(n, dtype=bool)
+    for i in range(n):
+        no_worse = np.all(costs <= costs[i], axis=1)
+        better = np.any(costs < costs[i], axis=1)
+        if np.any(no_worse & better):
+            mask[i] = False
+    return mask
 
 
 @dataclass(frozen=True)
@@ -174,87 +191,10 @@ def to_csv(report: Report) -> str:
     return out.getvalue()
 
 
-def draw(report: Report, path: Path) -> None:
-    """Accuracy vs latency and accuracy vs size; every trial grey, the front highlighted."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), constrained_layout=True)
-    others = [p for p in report.points if not p.on_front]
-    front = report.front
-    latency_label = "latency p50 (ms, batch 1)" + (" [EMULATED]" if report.emulated else "")
-    for ax, key, label in ((axes[0], "latency_ms", latency_label), (axes[1], "size_kb", "ONNX file size (KB)")):
-        ax.scatter(
-            [getattr(p, key) for p in others],
-            [p.accuracy for p in others],
-            c=["lightgrey" if p.feasible else "mistyrose" for p in others],
-            edgecolors="grey",
-            s=28,
-            label="other trials" + ("" if all(p.feasible for p in others) else " (pink: over a limit)"),
-        )
-        ax.scatter(
-            [getattr(p, key) for p in front],
-            [p.accuracy for p in front],
-            color="tab:red",
-            s=36,
-            zorder=3,
-            label="Pareto front (accuracy, latency, size)",
-        )
-        # A 3-objective front does not read as a curve in two dimensions; the staircase
-        # is the front of this view alone: the best accuracy reachable at each x.
-        staircase = _staircase([(getattr(p, key), p.accuracy, p.number) for p in front])
-        ax.step([x for x, _, _ in staircase], [y for _, y, _ in staircase], where="post", color="black", lw=0.8,
-                ls="--", label="best accuracy at this " + ("latency" if key == "latency_ms" else "size"))
-        for x, y, number in staircase:
-            ax.annotate(str(number), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel(label)
-        ax.set_ylabel("validation accuracy (ONNX Runtime)")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
-    fig.suptitle(
-        f"{report.study}: {report.dataset}, target {report.target}\nlatency measured on {report.measured_on}",
-        fontsize=9,
-    )
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-
-
-def _staircase(points: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
+def staircase(points: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
     """The points not beaten by a point that is both smaller in x and at least as accurate."""
     out: list[tuple[float, float, int]] = []
     for x, y, number in sorted(points, key=lambda p: (p[0], -p[1])):
         if not out or y > out[-1][1]:
             out.append((x, y, number))
     return out
-
-
-def write_outputs(report: Report, out_dir: Path, load_model) -> list[Path]:
-    """pareto.csv, pareto.png and pareto/trial-NNNN.onnx for each front member.
-
-    ``load_model(sha256)`` returns a stored ONNX file. Files of trials that have left
-    the front are removed, so the folder always holds exactly the current front.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out_dir / "pareto.csv", to_csv(report).encode())
-    draw(report, out_dir / "pareto.png")
-    models = out_dir / "pareto"
-    staging = out_dir / "pareto.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    for p in report.front:
-        data = load_model(p.onnx_sha256)
-        if data is not None:
-            (staging / f"trial-{p.number:04d}.onnx").write_bytes(data)
-    shutil.rmtree(models, ignore_errors=True)
-    staging.rename(models)
-    return [out_dir / "pareto.csv", out_dir / "pareto.png", models]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)

@@ -2,14 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from search.export import export_onnx
-from search.measure import TimingPlan, latency_stats, machine_info, measure_latency, percentile
-
-
-@pytest.mark.parametrize("q", [0, 10, 50, 90, 100, 37.5])
-def test_percentile_matches_numpy(q):
-    values = sorted(np.random.default_rng(0).exponential(size=101).tolist())
-    assert percentile(values, q) == pytest.approx(np.percentile(values, q))
+from search.board.timing import TimingPlan, latency_stats, machine_info, measure_latency
+from search.stages.export import export_onnx
 
 
 def test_latency_stats_on_known_samples():
@@ -40,7 +34,7 @@ def test_real_onnx_runtime_measurement_follows_the_plan():
 
 
 def test_runs_are_pooled_over_separate_loads_of_the_model(monkeypatch):
-    from search import measure
+    from search.board import timing as measure
 
     loads = []
     real_make_session = measure.make_session

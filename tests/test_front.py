@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from search.pareto import pareto_mask
+from search.report.front import pareto_mask
 
 DIRS = ("maximize", "minimize", "minimize")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 STUDIES_DIR = Path("studies")
@@ -22,27 +22,43 @@ class ConfigError(ValueError):
     """A setting is wrong; the message says which and how to fix it."""
 
 
+def _setting(default, help: str, metavar: str = "N", choices: tuple[str, ...] | None = None):
+    """A study setting: its default and its ``--help`` line live here, and only here
+    (``nas.py`` makes one option of each, and the errors below name that option)."""
+    return field(default=default, metadata={"help": help, "metavar": metavar, "choices": choices})
+
+
 @dataclass(frozen=True)
 class StudyConfig:
-    dataset: str = "digits"
-    space: str = "auto"  # resolved when the study is created: compact below 16 px, mbv3 above
-    target: str = "host"
-    epochs: float = 8.0  # proxy training of each candidate
-    # Distillation fine-tune after pruning, spread over the steps. On digits, half the
-    # proxy budget brought a network pruned by 50% back to its unpruned accuracy.
-    finetune_epochs: float = 4.0
-    prune_steps: int = 1  # > 1: iterative pruning (prune, fine-tune, prune again)
-    batch_size: int = 128
-    lr: float = 0.01
-    alpha: float = 0.3  # distillation weight: the seed recipe's 0.7 CE + 0.3 KL
-    temperature: float = 4.0
-    teacher_epochs: int = 0  # 0: chosen by the size of the data set
-    calib_samples: int = 256  # int8-static calibration, from the training split
-    sampler: str = "nsga2"
-    population: int = 16  # NSGA-II generation size: 50 trials make three generations
-    seed: int = 0
-    max_latency_ms: float | None = None  # hard constraints: candidates beyond are rejected
-    max_size_kb: float | None = None  # before training, from their shapes
+    dataset: str = _setting(
+        "digits",
+        "digits (embedded, no download), cifar10, mnist, fashion-mnist (with --data-dir), "
+        "or imagefolder:PATH (a folder or zip with train/ and test/ or val/ of class folders)",
+        metavar="NAME",
+    )
+    space: str = _setting(
+        "auto", "search space: auto (compact up to 16 px, mbv3 above; resolved when the study is created), "
+        "compact, mbv3, tiny", metavar="NAME",
+    )
+    target: str = _setting(
+        "host", "hardware profile: host, arm, x86, cuda, or one in studies/targets.toml", metavar="NAME"
+    )
+    epochs: float = _setting(8.0, "proxy training epochs per candidate")
+    # On digits, half the proxy budget brought a network pruned by 50% back to its
+    # unpruned accuracy.
+    finetune_epochs: float = _setting(4.0, "distillation fine-tune after pruning, spread over the prune steps")
+    prune_steps: int = _setting(1, "iterative pruning steps, fine-tuning between them")
+    batch_size: int = _setting(128, "training batch size")
+    lr: float = _setting(0.01, "peak learning rate of the one-cycle schedule", metavar="LR")
+    alpha: float = _setting(0.3, "distillation weight: (1-A)*CE + A*T^2*KL", metavar="A")  # the seed recipe's
+    temperature: float = _setting(4.0, "distillation temperature", metavar="T")
+    teacher_epochs: int = _setting(0, "teacher training epochs (0: by data set size)")
+    calib_samples: int = _setting(256, "int8-static calibration samples, from the training split")
+    sampler: str = _setting("nsga2", "Optuna sampler", metavar="NAME", choices=SAMPLERS)
+    population: int = _setting(16, "NSGA-II generation size (50 trials make three generations)")
+    seed: int = _setting(0, "seed of the sampler and of training")
+    max_latency_ms: float | None = _setting(None, "reject candidates slower than this, before training", metavar="MS")
+    max_size_kb: float | None = _setting(None, "reject candidates whose file is larger, before training", metavar="KB")
 
     def __post_init__(self) -> None:
         checks = [

@@ -1,10 +1,11 @@
 """The board agent: measures ONNX files for search workers, one model at a time.
 
-    python nas.py agent --port 8470 --token SECRET        # on the board
+    python -m search.board.agent --port 8470 --token SECRET    # on the board
+    python nas.py agent --port 8470 --token SECRET             # the same, from a full checkout
 
-It needs Python 3.11+, ``pip install onnxruntime numpy``, and a copy of ``nas.py`` and
-``search/``: this module imports only the standard library, numpy, onnxruntime and
-``search.measure``. It listens on loopback unless ``--host`` says otherwise. The token
+It needs Python 3.11+, ``pip install onnxruntime numpy``, and a copy of
+``search/__init__.py`` and ``search/board/``: this module imports only the standard
+library, numpy, onnxruntime and ``timing`` beside it. It listens on loopback unless ``--host`` says otherwise. The token
 is its only protection and the traffic is plain HTTP, so on a network reach it through
 an SSH tunnel (``ssh -L 8470:127.0.0.1:8470 board``) or a network you trust.
 
@@ -14,7 +15,7 @@ is a JSON ``{"error": "..."}`` with the status below):
 ``GET /info``
     ``{"protocol": 1, "machine": {...}, "max_body_bytes": N, "time_limit_s": S,
     "queue_wait_s": S}``: a reply comes within queue_wait_s + time_limit_s;
-    ``machine`` is ``search.measure.machine_info()``: host, cpu, arch, cores,
+    ``machine`` is ``timing.machine_info()``: host, cpu, arch, cores,
     onnxruntime version and providers, emulated.
 ``POST /measure?threads=N&provider=NAME&<TimingPlan field>=VALUE...``
     Body: the ONNX file. Batch-1 latency of the model, timed as ``TimingPlan`` says
@@ -49,6 +50,7 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import argparse
 import hmac
 import io
 import json
@@ -56,6 +58,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -66,7 +69,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 
-from .measure import TimingPlan, machine_info, make_session, measure_latency
+from .timing import TimingPlan, machine_info, make_session, measure_latency
 
 PROTOCOL = 2  # bumped when a request or reply changes shape; the client checks it
 SOCKET_TIMEOUT_S = 30.0  # longest wait for the next bytes of a request
@@ -208,7 +211,7 @@ class AgentHandler(BaseHTTPRequestHandler):
         try:
             self._check_token()
             if url.path not in routes:
-                raise RequestError(HTTPStatus.NOT_FOUND, f"no {self.command} {url.path}; see search/agent.py")
+                raise RequestError(HTTPStatus.NOT_FOUND, f"no {self.command} {url.path}; see search/board/agent.py")
             status, content_type, body, note = routes[url.path](_query(url.query))
         except RequestError as e:
             status, content_type, note = e.status, "application/json", str(e)
@@ -400,3 +403,31 @@ def serve(host: str, port: int, token: str, max_body_bytes: int, time_limit_s: f
     finally:
         server.server_close()
     return 0
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Run on the target board. Receives ONNX files from search workers, measures one at a time, "
+        "replies with latency statistics and what it ran on. Needs only onnxruntime and numpy, and a copy of "
+        "search/__init__.py and search/board/.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s; 0.0.0.0 for the network)")
+    parser.add_argument("--port", type=int, default=8470, help="(default: %(default)s)")
+    parser.add_argument("--token", default=os.environ.get("EDGENAS_TOKEN"), help="required secret (default: $EDGENAS_TOKEN)")
+    parser.add_argument("--max-model-mb", type=float, default=64.0, help="refuse larger models (default: %(default)s)")
+    parser.add_argument("--time-limit-s", type=float, default=TIME_LIMIT_S, help="stop a measurement after this long (default: %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
+    if not args.token:
+        print(f"{prog or 'agent'}: error: the agent needs --token SECRET (or $EDGENAS_TOKEN): it runs what it is sent",
+              file=sys.stderr)
+        return 2
+    return serve(args.host, args.port, args.token, int(args.max_model_mb * 1024 * 1024), args.time_limit_s)
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m search.board.agent"))

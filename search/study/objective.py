@@ -1,8 +1,9 @@
 """One trial: sample, cost, train, prune, export, quantize, evaluate, measure.
 
-This is the only module that touches ``optuna.Trial``; each stage is a plain function
-of plain values, chained here. A stage that fails raises :class:`StageFailed`, which
-the study records as a failed trial (with the stage and the reason) before going on.
+This is the only module that touches ``optuna.Trial``; each stage (``search.stages``)
+is a plain function of plain values, chained here. A stage that fails raises
+``StageFailed``, which the loop records as a failed trial (with the stage and the
+reason) before going on.
 """
 
 from __future__ import annotations
@@ -19,32 +20,27 @@ import torch
 import spaces
 from spaces import Candidate, MobileNetV3Space, build_model
 
+from ..data import Dataset
+from ..progress import SearchProgress
+from ..stages import StageFailed
+from ..stages.cost import count_cost
+from ..stages.evaluate import onnx_accuracy
+from ..stages.export import check_parity, export_onnx
+from ..stages.measure import Measurer
+from ..stages.prune import prune
+from ..stages.quantize import quantize
+from ..stages.teacher import Teacher
+from ..stages.train import TrainConfig, accuracy, fit, predict_logits
+from ..targets import Target
 from . import attrs
 from .config import StudyConfig
-from .cost import count_cost
-from .data import Dataset
-from .evaluate import onnx_accuracy
-from .export import check_parity, export_onnx
-from .progress import SearchProgress
-from .prune import prune
-from .quantize import quantize
-from .store import Store
-from .study import worker_id
-from .targets import Target
-from .teacher import Teacher
-from .train import TrainConfig, accuracy, fit, predict_logits
+from .loop import worker_id
+from .storage import Store
 
 log = logging.getLogger(__name__)
 
 STAGES = ("cost", "train", "prune", "export", "quantize", "evaluate", "measure")
 BN_SAMPLES = 1024  # training images that re-estimate batch-norm statistics after pruning
-
-
-class StageFailed(Exception):
-    def __init__(self, stage: str, reason: str):
-        super().__init__(f"{stage}: {reason}")
-        self.stage = stage
-        self.reason = reason
 
 
 @dataclass
@@ -56,7 +52,7 @@ class TrialContext:
     data: Dataset
     teacher: Teacher
     target: Target
-    measurer: object  # LocalMeasurer / AgentMeasurer, usually behind a CachedMeasurer
+    measurer: Measurer  # usually a CachedMeasurer around the local or the board's
     store: Store
     progress: SearchProgress
 

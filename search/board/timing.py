@@ -1,4 +1,5 @@
-"""Latency of an ONNX file under ONNX Runtime: warm-up, repeated timed runs, statistics.
+"""Latency of an ONNX file under ONNX Runtime: warm-up, repeated timed runs, statistics,
+and where they were taken.
 
 This module imports only onnxruntime, numpy and the standard library: the board agent
 runs it on the target, where torch is not installed.
@@ -6,6 +7,7 @@ runs it on the target, where torch is not installed.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -76,30 +78,32 @@ class LatencyStats:
     def as_dict(self) -> dict:
         return {**asdict(self), "spread": self.spread}
 
+    @classmethod
+    def from_dict(cls, values: dict) -> LatencyStats:
+        """The inverse of :meth:`as_dict` (``spread`` is derived, not stored)."""
+        return cls(**{k: v for k, v in values.items() if k != "spread"})
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default method) of already sorted values."""
-    if not sorted_values:
-        raise ValueError("no values")
-    pos = (len(sorted_values) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+@dataclass(frozen=True)
+class Measurement:
+    stats: LatencyStats
+    measured_on: dict  # host, cpu, arch, cores, threads, onnxruntime, providers, emulated, via
+    cached: bool = False
 
 
 def latency_stats(samples_ms: list[float]) -> LatencyStats:
     if len(samples_ms) < 2:
         raise ValueError(f"need at least 2 timed runs, got {len(samples_ms)}")
-    s = sorted(samples_ms)
+    p10, p50, p90 = (float(v) for v in np.percentile(samples_ms, [10, 50, 90]))
     return LatencyStats(
-        p50_ms=percentile(s, 50),
-        p90_ms=percentile(s, 90),
-        p10_ms=percentile(s, 10),
-        mean_ms=statistics.fmean(s),
-        std_ms=statistics.stdev(s),
-        min_ms=s[0],
-        max_ms=s[-1],
-        runs=len(s),
+        p50_ms=p50,
+        p90_ms=p90,
+        p10_ms=p10,
+        mean_ms=statistics.fmean(samples_ms),
+        std_ms=statistics.stdev(samples_ms),
+        min_ms=min(samples_ms),
+        max_ms=max(samples_ms),
+        runs=len(samples_ms),
     )
 
 
@@ -189,3 +193,9 @@ def machine_info(threads: int | None = None) -> dict:
         # Set by the emulated-board script: its timings are not the board's.
         "emulated": os.environ.get("EDGENAS_EMULATED", "") not in ("", "0"),
     }
+
+
+def measuring_setup(machine: dict) -> str:
+    """What makes two measurements comparable: the machine, the runtime and the settings."""
+    keys = ("host", "cpu", "arch", "threads", "onnxruntime", "provider", "emulated")
+    return json.dumps({k: machine.get(k) for k in keys}, sort_keys=True)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Split
+from ..data import Split
 
 
 class TrainingDiverged(RuntimeError):

@@ -16,7 +16,7 @@ import onnx
 import torch
 from torch import nn
 
-from .measure import make_session
+from ..board.timing import make_session
 
 OPSET = 17
 INPUT_NAME = "input"

@@ -1,7 +1,7 @@
-"""The search side of the board agent (``search/agent.py``, which documents the protocol).
+"""The search side of the board agent (``agent.py`` beside this file documents the protocol).
 
-``AgentMeasurer`` has ``LocalMeasurer``'s interface, so the objective and the
-measurement cache do not know where a latency comes from; every latency it returns
+``AgentMeasurer`` implements ``search.stages.measure.Measurer``, so the objective and
+the measurement cache do not know where a latency comes from; every latency it returns
 says so (``"via": "agent"``, ``"device": "HOST:PORT"``). Its constructor checks the
 agent before the search trains anything: reachable, the token accepted, the protocol
 understood, and the architecture the target asks for. Requests that fail on the way
@@ -21,10 +21,9 @@ from urllib.parse import urlencode
 
 import numpy as np
 
+from ..targets import Target, TargetError, normalise_arch, parse_device
 from .agent import PROTOCOL
-from .latency import Measurement, _identity
-from .measure import LatencyStats, TimingPlan
-from .targets import Target, TargetError, normalise_arch, parse_device
+from .timing import LatencyStats, Measurement, TimingPlan, measuring_setup
 
 CONNECT_TIMEOUT_S = 10.0
 INFO_TIMEOUT_S = 30.0  # /info does no work: a slow answer means a broken link
@@ -71,12 +70,12 @@ class AgentMeasurer:
         self._check_suits_target(agent_machine)
 
     def identity(self) -> str:
-        return _identity(self.machine)
+        return measuring_setup(self.machine)
 
     def measure(self, onnx_bytes: bytes) -> Measurement:
         self._check_size(len(onnx_bytes))
         reply = json.loads(self._request("POST", "/measure", {**self._settings(), **asdict(self.plan)}, onnx_bytes))
-        stats = LatencyStats(**{k: v for k, v in reply["stats"].items() if k != "spread"})
+        stats = LatencyStats.from_dict(reply["stats"])
         return Measurement(stats, {**reply["measured_on"], "via": "agent", "device": self.target.device})
 
     def run(self, onnx_bytes: bytes, inputs: np.ndarray) -> np.ndarray:
@@ -131,7 +130,7 @@ class AgentMeasurer:
         if info.get("protocol") != PROTOCOL:
             raise TargetError(
                 f"the agent at {device} speaks protocol {info.get('protocol')}, this search {PROTOCOL}: "
-                f"copy this nas.py and search/ to the board and restart the agent"
+                f"copy this search/board/ to the board and restart the agent"
             )
         return info
 
