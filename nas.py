@@ -19,7 +19,7 @@ import os
 import sys
 from dataclasses import fields
 
-from search.study.config import StudyConfig
+from search.study.config import StudyConfig, option_name
 
 COMMANDS = ("search", "report", "status", "export", "teacher", "agent")
 EXIT_USAGE = 2
@@ -48,7 +48,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         kind = float if f.default is None else type(f.default)
         shown = "none" if f.default is None else f"{f.default:g}" if kind is float else f.default
         p.add_argument(
-            "--" + f.name.replace("_", "-"),
+            option_name(f.name),
             type=kind,
             metavar=meta["metavar"],
             choices=meta["choices"],

@@ -64,50 +64,42 @@ def _has_vnni() -> bool:
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
-def _host_target() -> Target:
-    arch = normalise_arch(platform.machine())
-    arm = arch == "aarch64"
+def _cpu_target(name: str, description: str, arch: str | None, threads: int | None, activation_type: str,
+                channel_rounds: tuple[int, ...], reduce_range: bool = False) -> Target:
+    """A CPU profile: ONNX Runtime's CPU provider, every format, signed int8 weights."""
     return Target(
-        name="host",
-        description=f"this machine ({arch}, {os.cpu_count()} cores)",
-        arch=None,
-        threads=None,
+        name=name,
+        description=description,
+        arch=arch,
+        threads=threads,
         provider="CPUExecutionProvider",
         quant_modes=_CPU_QUANT,
-        activation_type="int8" if arm else "uint8",
+        activation_type=activation_type,
         weight_type="int8",
-        channel_rounds=(4, 8),
+        channel_rounds=channel_rounds,
         prune_ratios=_PRUNE_RATIOS,
+        reduce_range=reduce_range,
+    )
+
+
+def _host_target() -> Target:
+    arch = normalise_arch(platform.machine())
+    return _cpu_target(
+        "host", f"this machine ({arch}, {os.cpu_count()} cores)", arch=None, threads=None,
+        activation_type="int8" if arch == "aarch64" else "uint8", channel_rounds=(4, 8),
         reduce_range=arch == "x86_64" and not _has_vnni(),
     )
 
 
 BUILTIN_TARGETS: dict[str, Target] = {
     "host": _host_target(),
-    "arm": Target(
-        name="arm",
-        description="64-bit ARM Cortex-A board (NEON, int8 dot product), 4 threads, signed int8 QDQ",
-        arch="aarch64",
-        threads=4,
-        provider="CPUExecutionProvider",
-        quant_modes=_CPU_QUANT,
-        activation_type="int8",
-        weight_type="int8",
-        channel_rounds=(4, 8),
-        prune_ratios=_PRUNE_RATIOS,
+    "arm": _cpu_target(
+        "arm", "64-bit ARM Cortex-A board (NEON, int8 dot product), 4 threads, signed int8 QDQ",
+        arch="aarch64", threads=4, activation_type="int8", channel_rounds=(4, 8),
     ),
-    "x86": Target(
-        name="x86",
-        description="x86-64 CPU without VNNI, 4 threads, unsigned activations / signed 7-bit weights",
-        arch="x86_64",
-        threads=4,
-        provider="CPUExecutionProvider",
-        quant_modes=_CPU_QUANT,
-        activation_type="uint8",
-        weight_type="int8",
-        channel_rounds=(8, 16),
-        prune_ratios=_PRUNE_RATIOS,
-        reduce_range=True,
+    "x86": _cpu_target(
+        "x86", "x86-64 CPU without VNNI, 4 threads, unsigned activations / signed 7-bit weights",
+        arch="x86_64", threads=4, activation_type="uint8", channel_rounds=(8, 16), reduce_range=True,
     ),
     "cuda": Target(
         name="cuda",

@@ -2,7 +2,9 @@
 
 The spec is the single source of truth for a network. It prints to one canonical
 string and parses back from it (``parse_arch(str(spec)) == spec``); that string is
-stored on every trial and is all that is needed to rebuild the network.
+stored on every trial and is all that is needed to rebuild the network. Other valid
+spellings parse too (identical blocks written out one by one instead of ``r<N>``, as a
+person writing a baseline by hand will), and ``str`` of the result is the canonical one.
 
 Grammar (tokens joined by ``-``), in the spirit of timm's block strings::
 
@@ -134,7 +136,7 @@ _CLS = re.compile(rf"cls{_N}")
 
 
 def parse_arch(text: str) -> ArchSpec:
-    """Parse the canonical string form; raise ``ValueError`` saying what is wrong."""
+    """Parse any valid spelling of an architecture; raise ``ValueError`` saying what is wrong."""
     if not isinstance(text, str) or not text:
         raise ValueError("architecture string is empty")
     tokens = text.strip().split("-")
@@ -191,7 +193,7 @@ def parse_arch(text: str) -> ArchSpec:
     if not blocks:
         raise ValueError(f"architecture string {text!r} has no ir_ blocks")
 
-    spec = ArchSpec(
+    return ArchSpec(
         in_chs=in_chs,
         stem_chs=int(stem.group(1)),
         stem_stride=int(stem.group(2)),
@@ -203,11 +205,6 @@ def parse_arch(text: str) -> ArchSpec:
         fc_act=fc_act,
         num_classes=num_classes,
     )
-    if str(spec) != text.strip():
-        # Parsable but not canonical (e.g. identical blocks written apart): refuse, so
-        # that one network has exactly one string and string equality means same network.
-        raise ValueError(f"architecture string {text!r} is not canonical; its canonical form is {str(spec)!r}")
-    return spec
 
 
 def _validate(spec: ArchSpec) -> None:

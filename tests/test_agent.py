@@ -38,12 +38,14 @@ MAX_MODEL_MB = 1.0
 QUICK_PLAN = {"warmup_runs": 2, "warmup_seconds": 0.0, "min_runs": 10, "min_seconds": 0.0}
 
 
-def start_agent(log_path: Path, *args: str) -> tuple[subprocess.Popen, int]:
-    """``nas.py agent`` on a port the system picks; returns the process and its port."""
+def start_agent(
+    log_path: Path, *args: str, command: list[str] | None = None, cwd: Path | None = None, env: dict | None = None
+) -> tuple[subprocess.Popen, int]:
+    """``nas.py agent`` (or ``python COMMAND``) on a port the system picks; returns the process and its port."""
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "nas.py"), "agent", "--port", "0", *args],
-            stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            [sys.executable, *(command or [str(ROOT / "nas.py"), "agent"]), "--port", "0", *args],
+            stdout=subprocess.DEVNULL, stderr=log, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         )
     deadline = time.time() + 60
     while time.time() < deadline:

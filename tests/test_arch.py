@@ -71,7 +71,6 @@ def test_skip_flag_is_normalised_where_no_skip_is_possible():
         "in3-stem16_s2_hs-ir_c16_k3_s1_re-conv64_hs-cls10",  # fields out of order
         "in3-stem16_s2_hs-ir_k3_s2_c24_re_noskip-conv64_hs-cls10",  # noskip where no skip is possible
         "in3-stem16_s2_hs-ir_r2_k3_s1_c24_re-conv64_hs-cls10",  # repeat that changes width
-        "in3-stem16_s2_hs-ir_k3_s1_c16_re-ir_k3_s1_c16_re-conv64_hs-cls10",  # not canonical: should be r2
         "in0-stem16_s2_hs-ir_k3_s1_c16_re-conv64_hs-cls10",  # zero channels
     ],
 )
@@ -80,9 +79,17 @@ def test_malformed_strings_raise_value_error(text):
         parse_arch(text)
 
 
-def test_non_canonical_error_names_the_canonical_form():
-    with pytest.raises(ValueError, match="ir_r2_k3_s1_c16_re"):
-        parse_arch("in3-stem16_s2_hs-ir_k3_s1_c16_re-ir_k3_s1_c16_re-conv64_hs-cls10")
+def test_unrolled_repeats_parse_to_the_same_spec_and_print_canonically():
+    rolled = "in3-stem16_s2_hs-ir_r2_k3_s1_c16_re-conv64_hs-cls10"
+    unrolled = "in3-stem16_s2_hs-ir_k3_s1_c16_re-ir_k3_s1_c16_re-conv64_hs-cls10"
+    assert parse_arch(unrolled) == parse_arch(rolled)
+    assert str(parse_arch(unrolled)) == rolled
+
+
+def test_hand_written_mobilenet_v3_small_without_repeats_is_the_reference():
+    unrolled = str(MOBILENET_V3_SMALL).replace("ir_r2_k5_s1_x240_c40_se64_hs", "ir_k5_s1_x240_c40_se64_hs-ir_k5_s1_x240_c40_se64_hs")
+    assert unrolled != str(MOBILENET_V3_SMALL)
+    assert parse_arch(unrolled) == MOBILENET_V3_SMALL
 
 
 @pytest.mark.parametrize(

@@ -61,28 +61,24 @@ class StudyConfig:
     max_size_kb: float | None = _setting(None, "reject candidates whose file is larger, before training", metavar="KB")
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.epochs > 0, "--epochs must be > 0"),
-            (self.finetune_epochs >= 0, "--finetune-epochs must be >= 0"),
-            (self.prune_steps >= 1, "--prune-steps must be >= 1"),
-            (self.batch_size >= 2, "--batch-size must be >= 2"),
-            (self.lr > 0, "--lr must be > 0"),
-            (0.0 <= self.alpha <= 1.0, "--alpha must be in [0, 1]"),
-            (self.temperature > 0, "--temperature must be > 0"),
-            (self.teacher_epochs >= 0, "--teacher-epochs must be >= 0"),
-            (1 <= self.calib_samples <= 100_000, "--calib-samples must be in [1, 100000]"),
-            (self.sampler in SAMPLERS, f"--sampler must be one of {', '.join(SAMPLERS)}"),
-            (self.population >= 2, "--population must be >= 2"),
-            (self.max_latency_ms is None or self.max_latency_ms > 0, "--max-latency-ms must be > 0"),
-            (self.max_size_kb is None or self.max_size_kb > 0, "--max-size-kb must be > 0"),
+        rules = [
+            ("epochs", self.epochs > 0, "> 0"),
+            ("finetune_epochs", self.finetune_epochs >= 0, ">= 0"),
+            ("prune_steps", self.prune_steps >= 1, ">= 1"),
+            ("batch_size", self.batch_size >= 2, ">= 2"),
+            ("lr", self.lr > 0, "> 0"),
+            ("alpha", 0.0 <= self.alpha <= 1.0, "in [0, 1]"),
+            ("temperature", self.temperature > 0, "> 0"),
+            ("teacher_epochs", self.teacher_epochs >= 0, ">= 0"),
+            ("calib_samples", 1 <= self.calib_samples <= 100_000, "in [1, 100000]"),
+            ("sampler", self.sampler in SAMPLERS, f"one of {', '.join(SAMPLERS)}"),
+            ("population", self.population >= 2, ">= 2"),
+            ("max_latency_ms", self.max_latency_ms is None or self.max_latency_ms > 0, "> 0"),
+            ("max_size_kb", self.max_size_kb is None or self.max_size_kb > 0, "> 0"),
         ]
-        for ok, message in checks:
+        for name, ok, rule in rules:
             if not ok:
-                raise ConfigError(f"{message}, got {self._value_for(message)}")
-
-    def _value_for(self, message: str) -> object:
-        name = message.split()[0].lstrip("-").replace("-", "_")
-        return getattr(self, name, "?")
+                raise ConfigError(f"{option_name(name)} must be {rule}, got {getattr(self, name)}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -92,6 +88,11 @@ class StudyConfig:
         values = json.loads(text)
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def option_name(key: str) -> str:
+    """The command-line option of a setting: ``batch_size`` is ``--batch-size``."""
+    return "--" + key.replace("_", "-")
 
 
 def config_keys() -> set[str]:
@@ -142,7 +143,7 @@ def resolve(study: str, explicit: dict, stored: StudyConfig | None) -> StudyConf
             k, (given, kept) = next(iter(conflicts.items()))
             raise ConfigError(
                 f"study {study!r} was created with {k} = {kept!r}, not {given!r}: "
-                f"drop --{k.replace('_', '-')} to join it, or pick a new --study"
+                f"drop {option_name(k)} to join it, or pick a new --study"
             )
         return stored
     values = {**load_toml(study), **explicit}
