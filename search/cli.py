@@ -58,11 +58,13 @@ class TerminalProgress(SearchProgress):
         from optuna.trial import TrialState
 
         ua = trial.user_attrs
-        if trial.state == TrialState.FAIL:
-            reason = ua.get(attrs.FAIL_REASON) or trial.system_attrs.get("fail_reason", "interrupted")
-            self.message(f"trial {trial.number} failed in {ua.get(attrs.FAILED_STAGE, '?')}: {reason}")
+        if attrs.REPEAT_OF in ua:
+            self.message(f"trial {trial.number} is the candidate of trial {ua[attrs.REPEAT_OF]}: not trained again")
+        elif trial.state == TrialState.FAIL:
+            where = f" in {ua[attrs.FAILED_STAGE]}" if attrs.FAILED_STAGE in ua else ""
+            self.message(f"trial {trial.number} failed{where}: {ua.get(attrs.FAIL_REASON, 'no reason recorded')}")
         elif trial.state == TrialState.PRUNED:
-            self.message(f"trial {trial.number} rejected before training: {ua.get(attrs.REJECTED, '?')}")
+            self.message(f"trial {trial.number} rejected {ua.get(attrs.REJECTED, '')}")
         if self.bar is not None:
             self.bar.n = n_complete
             self.bar.refresh()
@@ -124,7 +126,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         c = s.counts
         print(
             f"{s.name}: {c['COMPLETE']} complete, {c['FAIL']} failed, {c['PRUNED']} rejected, "
-            f"{c['RUNNING']} running  [{s.url}]\n  config {s.config}"
+            f"{c['REPEAT']} repeats, {c['RUNNING']} running  [{s.url}]\n"
+            f"  config {s.config}"
         )
     return 0
 

@@ -23,8 +23,8 @@ from .stages.teacher import load_or_train_teacher
 from .study import attrs
 from .study.config import ConfigError, study_dir
 from .study.loop import count_complete, run_trials
-from .study.objective import TrialContext, run_trial
-from .study.storage import Store, StudyPlan, existing_study, open_study, plan_study, study_config
+from .study.objective import StudyObjective, TrialContext
+from .study.storage import Store, StudyPlan, TrialStartLock, existing_study, open_study, plan_study, study_config
 from .targets import Target, get_target
 
 
@@ -78,7 +78,11 @@ def run_search(request: SearchRequest, progress: SearchProgress = SearchProgress
     progress.message(f"teacher: ResNet-18 {teacher.source}, validation accuracy {teacher.val_accuracy:.4f}")
     measurer = CachedMeasurer(p.measurer, store)
     ctx = TrialContext(config, get_space(config.space), data, teacher, p.target, measurer, store, progress)
-    run_trials(study, config, request.budget, lambda trial: run_trial(trial, ctx), progress)
+    start_lock = TrialStartLock(p.plan.url, p.plan.name)
+    try:
+        run_trials(study, config, request.budget, StudyObjective(ctx), start_lock, progress)
+    finally:
+        start_lock.close()
     return finish(study, data, store, study_dir(p.plan.name), p.target.name)
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[1]
+POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +53,19 @@ def run_nas(args: list[str], cwd: Path, timeout: float = 300, env: dict | None =
 
 # Fast search settings for end-to-end tests: the tiny space, a short proxy training.
 FAST = ["--space", "tiny", "--epochs", "1", "--finetune-epochs", "0.5", "--calib-samples", "32"]
+
+
+@pytest.fixture()
+def fresh_database():
+    """A new, empty database: the workers race to create the schema in it."""
+    admin = sa.create_engine(f"{POSTGRES_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    name = f"edgenas_{uuid.uuid4().hex[:8]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    except sa.exc.OperationalError as e:
+        pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_SERVER} ({e}); start it as the README says")
+    yield f"{POSTGRES_SERVER}/{name}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()

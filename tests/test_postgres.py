@@ -1,61 +1,58 @@
-"""A study shared through the real PostgreSQL server: two workers, one budget."""
+"""A study shared through the real PostgreSQL server: workers of real ``nas.py`` processes, one budget."""
 
 import subprocess
 import sys
-import uuid
 
 import optuna
 import pytest
-import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from conftest import FAST, ROOT
 from search.study import attrs
+from search.study.loop import counts_towards_budget
 from search.study.storage import Store
 
-SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
+STUDY = "shared"
 
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture()
-def fresh_database():
-    """A new, empty database: the workers race to create the schema in it."""
-    admin = sa.create_engine(f"{SERVER}/postgres", isolation_level="AUTOCOMMIT")
-    name = f"edgenas_{uuid.uuid4().hex[:8]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    except sa.exc.OperationalError as e:
-        pytest.fail(f"PostgreSQL is not reachable at {SERVER} ({e}); start it as the README says")
-    yield f"{SERVER}/{name}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-    admin.dispose()
-
-
-def test_two_workers_share_one_study_and_stop_at_the_budget(tmp_path, cache_dir, fresh_database):
-    URL, study_name, budget = fresh_database, "shared", 6
-    args = [sys.executable, str(ROOT / "nas.py"), "--budget", str(budget), "--study", study_name,
-            "--storage", URL, "--cache-dir", str(cache_dir), *FAST]
-    workers = [
-        subprocess.Popen(args, cwd=tmp_path / name, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for name in ("a", "b")
-        if (tmp_path / name).mkdir() is None
-    ]
-    outputs = [w.communicate(timeout=300) for w in workers]
-    for w, (out, err) in zip(workers, outputs):
+def _run_workers(tmp_path, cache_dir, url: str, names: list[str], budget: int) -> None:
+    """``nas.py`` workers started together, each in a folder of its own (its machine)."""
+    args = [sys.executable, str(ROOT / "nas.py"), "--budget", str(budget), "--study", STUDY,
+            "--storage", url, "--cache-dir", str(cache_dir), *FAST]
+    workers = []
+    for name in names:
+        (tmp_path / name).mkdir()
+        workers.append(subprocess.Popen(args, cwd=tmp_path / name, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for w in workers:
+        _, err = w.communicate(timeout=600)
         assert w.returncode == 0, err
 
-    study = optuna.load_study(study_name=study_name, storage=URL)
-    complete = study.get_trials(states=(TrialState.COMPLETE,))
-    assert len(complete) == budget  # exactly: neither worker overshoots
-    workers_seen = {t.user_attrs[attrs.WORKER]["pid"] for t in study.get_trials()}
-    assert len(workers_seen) == 2  # both did work
+
+def _check_study(url: str, budget: int, n_workers: int) -> list:
+    study = optuna.load_study(study_name=STUDY, storage=url)
+    complete = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if counts_towards_budget(t)]
+    assert len(complete) == budget  # exactly: no worker overshoots
+    candidates = {(t.user_attrs[attrs.ARCH_SAMPLED], t.user_attrs[attrs.COMPRESSION]) for t in complete}
+    assert len(candidates) == budget  # no two workers trained the same candidate
+    assert len({t.user_attrs[attrs.WORKER]["pid"] for t in complete}) == n_workers  # all did work
+    return complete
+
+
+def test_three_workers_started_together_train_distinct_candidates_to_exactly_the_budget(tmp_path, cache_dir, fresh_database):
+    _run_workers(tmp_path, cache_dir, fresh_database, ["a", "b", "c"], budget=9)
+    complete = _check_study(fresh_database, 9, 3)
     # Every deployed file is in the shared database, whichever worker made it.
-    store = Store(URL)
+    store = Store(fresh_database)
     assert all(store.get_model(t.user_attrs[attrs.ONNX_SHA256]) for t in complete)
     store.close()
-    # Both workers leave the front's files on their own machine.
-    for name in ("a", "b"):
-        assert (tmp_path / name / "studies" / study_name / "pareto.csv").exists()
+    # Every worker leaves the front's files on its own machine.
+    for name in ("a", "b", "c"):
+        assert (tmp_path / name / "studies" / STUDY / "pareto.csv").exists()
+
+
+@pytest.mark.slow
+def test_eight_workers_stop_at_exactly_twenty(tmp_path, cache_dir, fresh_database):
+    _run_workers(tmp_path, cache_dir, fresh_database, [f"w{i}" for i in range(8)], budget=20)
+    _check_study(fresh_database, 20, 8)

@@ -91,7 +91,11 @@ def provenance(measured_on: dict) -> str:
 def build_report(
     study_name: str, dataset: str, target: str, trials: list[FrozenTrial], test_accuracy: dict[int, float]
 ) -> Report:
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
+    # A repeat is the same candidate as an earlier trial, with its values: shown once.
+    complete = [
+        t for t in trials
+        if t.state == TrialState.COMPLETE and t.values is not None and attrs.REPEAT_OF not in t.user_attrs
+    ]
     feasible = [all(v <= 0 for v in t.user_attrs.get(attrs.CONSTRAINT_VIOLATION, [])) for t in complete]
     values = np.array([t.values for t in complete], dtype=float).reshape(-1, len(attrs.DIRECTIONS))
     on_front = np.zeros(len(complete), dtype=bool)

@@ -33,10 +33,12 @@ FAIL_REASON = "fail_reason"
 SECONDS_PREFIX = "seconds_"  # seconds_<stage> for each stage of the trial
 TRAIN_LOSS = "train_loss"
 WORKER = "worker"  # {"host", "pid"} of the process that ran the trial
+REPEAT_OF = "repeat_of"  # the number of an earlier trial with the same candidate: not trained again
 
 # Study user attributes.
 STUDY_CONFIG = "config"
 STUDY_TEST_ACCURACY = "test_accuracy"  # {trial number: test accuracy}, front members only
+STUDY_WORKERS_JOINED = "workers_joined"  # how many workers have run the trial loop: seeds each one's sampler
 
 # Objectives, in order.
 METRIC_NAMES = ("accuracy", "latency_ms", "size_kb")

@@ -2,17 +2,30 @@
 
 ``--budget N`` means N complete trials in the study, counting those of earlier runs:
 a rerun after Ctrl-C or a crash finishes the job instead of starting over. A worker
-that was killed leaves its trial RUNNING; the heartbeat marks it failed once stale.
+that was killed leaves its trial RUNNING; the heartbeat marks it failed once stale
+(at once, when it was a process of this machine).
+
+Several workers share a study without repeating each other: each draws from a sampler
+seeded by its own place among the study's workers, and a candidate already complete or
+running in the study is not trained again but recorded as a repeat, which does not
+count towards the budget. Counting the trials, starting one and sampling its candidate
+happen under a lock that all workers of the study share (``storage.TrialStartLock``),
+so the last trial of the budget is started once, and two workers never start the same
+candidate.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
 import time
+import warnings
+from typing import Callable, ContextManager, Protocol
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from ..progress import SearchProgress
 from ..stages import StageFailed
@@ -20,16 +33,37 @@ from . import attrs
 from .config import StudyConfig
 from .storage import SearchError
 
+# Optuna warns when a study with heartbeats asks for trials outside optimize(); this
+# loop records the heartbeats itself (_heartbeat).
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
 WAIT_SECONDS = 2.0
 MAX_FAILURES_IN_A_ROW = 5
 MAX_REJECTIONS_IN_A_ROW = 50
+MAX_REPEATS_IN_A_ROW = 50
+WORKER_SEED_STRIDE = 1_000_003  # seeds of different workers never meet within a study's trial count
 
 
-def make_sampler(config: StudyConfig, n_existing: int) -> optuna.samplers.BaseSampler:
-    """The study's sampler, seeded by the configured seed plus the trials already there:
-    a fresh single-worker study is reproducible, and a resumed or second worker does
-    not re-propose the trials the first one started with."""
-    seed = config.seed + n_existing
+class Objective(Protocol):
+    """What the loop asks of a trial (``search.study.objective.StudyObjective``)."""
+
+    def sample(self, trial: optuna.Trial) -> object:
+        """Draw the trial's candidate and record ``arch_sampled`` and ``compression``."""
+
+    def run(self, trial: optuna.Trial, candidate: object) -> tuple[float, ...]:
+        """Train, compress and measure the candidate; its objective values."""
+
+    def repeat(self, trial: optuna.Trial, original: FrozenTrial) -> tuple[float, ...] | None:
+        """Record the trial as a repeat of ``original``: its values if it is complete (the
+        sampler learns from them), None while it is still running elsewhere."""
+
+
+def make_sampler(config: StudyConfig, worker_slot: int, n_existing: int) -> optuna.samplers.BaseSampler:
+    """The sampler of one worker. The first worker of a fresh study is seeded with
+    ``--seed`` itself, so a single-worker study is reproducible; every later worker
+    (another machine, or a rerun after a crash) has a seed of its own, so workers
+    started together do not draw in lockstep."""
+    seed = config.seed + WORKER_SEED_STRIDE * worker_slot + n_existing
     # Hard limits reach the samplers through trial.set_constraint in the objective.
     if config.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=config.population, seed=seed)
@@ -38,8 +72,13 @@ def make_sampler(config: StudyConfig, n_existing: int) -> optuna.samplers.BaseSa
     return optuna.samplers.RandomSampler(seed=seed)
 
 
+def counts_towards_budget(trial: FrozenTrial) -> bool:
+    return trial.state == TrialState.COMPLETE and attrs.REPEAT_OF not in trial.user_attrs
+
+
 def count_complete(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    """Complete trials of the study that count towards the budget (repeats do not)."""
+    return sum(counts_towards_budget(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
 def worker_id() -> dict:
@@ -57,6 +96,9 @@ def fail_dead_local_trials(study: optuna.Study) -> None:
         worker = trial.user_attrs.get(attrs.WORKER) or {}
         if worker.get("host") == host and worker.get("pid") != os.getpid() and not _alive(worker.get("pid")):
             try:
+                study._storage.set_trial_user_attr(
+                    trial._trial_id, attrs.FAIL_REASON, f"its worker (pid {worker['pid']} on {host}) died"
+                )
                 study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass
@@ -75,44 +117,65 @@ def _alive(pid) -> bool:
 
 
 def run_trials(
-    study: optuna.Study, config: StudyConfig, budget: int, objective, progress: SearchProgress
+    study: optuna.Study,
+    config: StudyConfig,
+    budget: int,
+    objective: Objective,
+    start_lock: Callable[[], ContextManager],
+    progress: SearchProgress,
 ) -> None:
     """Run trials until the study holds exactly ``budget`` complete ones.
 
-    With several workers, a worker does not start a trial when the complete trials
-    plus those running elsewhere already make the budget; it waits to see whether
-    they complete (a failed one leaves room for another).
+    A worker does not start a trial when the complete trials plus those running or
+    waiting already make the budget; it waits to see whether they complete (a failed
+    one leaves room for another).
     """
-    study.sampler = make_sampler(config, len(study.get_trials(deepcopy=False)))
+    with start_lock():
+        slot = study.user_attrs.get(attrs.STUDY_WORKERS_JOINED, 0)
+        study.set_user_attr(attrs.STUDY_WORKERS_JOINED, slot + 1)
+        study.sampler = make_sampler(config, slot, len(study.get_trials(deepcopy=False)))
     failures: list[str] = []
-    rejections = 0
+    rejections = repeats = 0
     fail_dead_local_trials(study)
     progress.start(count_complete(study), budget)
     try:
         while True:
-            n_complete = count_complete(study)
-            if n_complete >= budget:
-                break
-            running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-            if n_complete + running >= budget:
-                optuna.storages.fail_stale_trials(study)
+            optuna.storages.fail_stale_trials(study)
+            with start_lock():
+                started = _start_trial(study, budget, objective)
+            if started is None:
+                if count_complete(study) >= budget:
+                    break
                 fail_dead_local_trials(study)
                 time.sleep(WAIT_SECONDS)
                 continue
-            study.optimize(objective, n_trials=1, catch=(StageFailed,))
-            trial = _last_trial_of_this_worker(study)
-            progress.trial_finished(trial, count_complete(study))
-            if trial.state == TrialState.FAIL:
+            trial, candidate, original = started
+            if original is not None:
+                _tell_repeat(study, trial, objective, original)
+            else:
+                _run(study, trial, objective, candidate)
+            finished = study._storage.get_trial(trial._trial_id)
+            progress.trial_finished(finished, count_complete(study))
+            if attrs.REPEAT_OF in finished.user_attrs:
+                repeats += 1
+                if repeats >= MAX_REPEATS_IN_A_ROW:
+                    raise SearchError(
+                        f"{repeats} candidates in a row were already in the study: the space looks exhausted; "
+                        "pick a larger --space or a smaller --budget"
+                    )
+                continue
+            repeats = 0
+            if finished.state == TrialState.FAIL:
                 failures.append(
-                    f"trial {trial.number}, {trial.user_attrs.get(attrs.FAILED_STAGE)}: "
-                    f"{trial.user_attrs.get(attrs.FAIL_REASON)}"
+                    f"trial {finished.number}, {finished.user_attrs.get(attrs.FAILED_STAGE)}: "
+                    f"{finished.user_attrs.get(attrs.FAIL_REASON)}"
                 )
                 if len(failures) >= MAX_FAILURES_IN_A_ROW:
                     raise SearchError(
                         f"{len(failures)} trials in a row failed, so something is wrong beyond one candidate; "
                         f"last: {failures[-1]}"
                     )
-            elif trial.state == TrialState.PRUNED:
+            elif finished.state == TrialState.PRUNED:
                 rejections += 1
                 if rejections >= MAX_REJECTIONS_IN_A_ROW:
                     raise SearchError(
@@ -126,9 +189,76 @@ def run_trials(
         progress.close()
 
 
-def _last_trial_of_this_worker(study: optuna.Study) -> optuna.trial.FrozenTrial:
-    me = worker_id()
-    for trial in reversed(study.get_trials(deepcopy=False)):
-        if trial.user_attrs.get(attrs.WORKER) == me:
-            return trial
-    raise SearchError("lost track of this worker's last trial")
+def _start_trial(study: optuna.Study, budget: int, objective: Objective):
+    """Under the start lock: a new trial (an enqueued one first), its candidate, and the
+    trial it repeats if any; None when complete and running trials already make the budget."""
+    trials = study.get_trials(deepcopy=False)
+    if sum(counts_towards_budget(t) or t.state == TrialState.RUNNING for t in trials) >= budget:
+        return None
+    trial = study.ask()
+    trial.set_user_attr(attrs.WORKER, worker_id())
+    candidate = objective.sample(trial)
+    key = _candidate_key(study._storage.get_trial(trial._trial_id))
+    original = next(
+        (t for t in trials if t.state in (TrialState.COMPLETE, TrialState.RUNNING)
+         and attrs.REPEAT_OF not in t.user_attrs and _candidate_key(t) == key),
+        None,
+    )
+    return trial, candidate, original
+
+
+def _candidate_key(trial: FrozenTrial) -> tuple:
+    return trial.user_attrs.get(attrs.ARCH_SAMPLED), trial.user_attrs.get(attrs.COMPRESSION)
+
+
+def _tell_repeat(study: optuna.Study, trial: optuna.Trial, objective: Objective, original: FrozenTrial) -> None:
+    """A repeat is complete with the original's values, or set aside (pruned) while the
+    original still runs; either way it does not count towards the budget."""
+    values = objective.repeat(trial, original)
+    if values is None:
+        study.tell(trial, state=TrialState.PRUNED)
+    else:
+        study.tell(trial, values)
+
+
+def _run(study: optuna.Study, trial: optuna.Trial, objective: Objective, candidate: object) -> None:
+    """The trial, told as Optuna's ``optimize`` would, with its heartbeat."""
+    with _heartbeat(study, trial):
+        try:
+            values = objective.run(trial, candidate)
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+        except StageFailed:
+            study.tell(trial, state=TrialState.FAIL)
+        except BaseException as e:  # Ctrl-C, or a bug: the trial failed, the worker stops
+            reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+            trial.set_user_attr(attrs.FAIL_REASON, reason.splitlines()[0][:500])
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        else:
+            study.tell(trial, values)
+
+
+@contextlib.contextmanager
+def _heartbeat(study: optuna.Study, trial: optuna.Trial):
+    """Record the trial's heartbeat while it runs, so other workers can tell it is alive."""
+    storage = study._storage
+    interval = storage.get_heartbeat_interval() if isinstance(storage, optuna.storages.RDBStorage) else None
+    if interval is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            storage.record_heartbeat(trial._trial_id)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

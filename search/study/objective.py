@@ -1,7 +1,8 @@
 """One trial: sample, cost, train, prune, export, quantize, evaluate, measure.
 
-This is the only module that touches ``optuna.Trial``; each stage (``search.stages``)
-is a plain function of plain values, chained here. A stage that fails raises
+This is the only module that reads a trial's parameters and records its results (the
+loop only starts, tells and labels trials); each stage (``search.stages``) is a plain
+function of plain values, chained here. A stage that fails raises
 ``StageFailed``, which the loop records as a failed trial (with the stage and the
 reason) before going on.
 """
@@ -34,7 +35,6 @@ from ..stages.train import TrainConfig, accuracy, fit, predict_logits
 from ..targets import Target
 from . import attrs
 from .config import StudyConfig
-from .loop import worker_id
 from .storage import Store
 
 log = logging.getLogger(__name__)
@@ -57,21 +57,34 @@ class TrialContext:
     progress: SearchProgress
 
 
-def sample_candidate(trial: optuna.Trial, ctx: TrialContext) -> Candidate:
+class StudyObjective:
+    """The trial loop's view of one study's trials (``loop.Objective``)."""
+
+    def __init__(self, ctx: TrialContext):
+        self.ctx = ctx
+
+    def sample(self, trial: optuna.Trial) -> Candidate:
+        return sample_trial(trial, self.ctx)
+
+    def run(self, trial: optuna.Trial, candidate: Candidate) -> tuple[float, float, float]:
+        return run_trial(trial, self.ctx, candidate)
+
+    def repeat(self, trial: optuna.Trial, original: optuna.trial.FrozenTrial) -> tuple[float, float, float] | None:
+        trial.set_user_attr(attrs.REPEAT_OF, original.number)
+        if original.values is None:  # still running elsewhere: nothing to reuse yet
+            return None
+        accuracy, latency_ms, size_kb = original.values
+        _record_constraints(trial, self.ctx.config, latency_ms, size_kb)
+        return accuracy, latency_ms, size_kb
+
+
+def sample_trial(trial: optuna.Trial, ctx: TrialContext) -> Candidate:
+    """The trial's candidate, recorded as sampled (``arch_sampled`` and ``compression``
+    say which candidate it is: the loop finds repeats by them)."""
     data, target = ctx.data, ctx.target
     arch = spaces.sample_arch(trial, ctx.space, data.in_chs, data.resolution, data.num_classes)
-    compression = spaces.sample_compression(
-        trial, target.quant_modes, target.channel_rounds, target.prune_ratios
-    )
-    return Candidate(arch, compression)
-
-
-def run_trial(trial: optuna.Trial, ctx: TrialContext) -> tuple[float, float, float]:
-    cfg, data = ctx.config, ctx.data
-    trial.set_user_attr(attrs.WORKER, worker_id())
-    candidate = sample_candidate(trial, ctx)
-    comp = candidate.compression
-    trial.set_user_attr(attrs.ARCH_SAMPLED, str(candidate.arch))
+    comp = spaces.sample_compression(trial, target.quant_modes, target.channel_rounds, target.prune_ratios)
+    trial.set_user_attr(attrs.ARCH_SAMPLED, str(arch))
     trial.set_user_attr(attrs.COMPRESSION, str(comp))
     trial.set_user_attr(attrs.PRUNE_RATIO, comp.prune_ratio)
     trial.set_user_attr(attrs.CHANNEL_ROUND, comp.channel_round)
@@ -81,11 +94,17 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> tuple[float, float, flo
         # The types come from the target, not the trial: record them, so that trials of
         # studies run with other profiles or versions can be told apart.
         trial.set_user_attr(attrs.INT8_TYPES, {
-            "activations": ctx.target.activation_type,
-            "weights": ctx.target.weight_type,
-            "weight_bits": 7 if ctx.target.reduce_range else 8,
+            "activations": target.activation_type,
+            "weights": target.weight_type,
+            "weight_bits": 7 if target.reduce_range else 8,
         })
-    trial.set_user_attr(attrs.TARGET, ctx.target.name)
+    trial.set_user_attr(attrs.TARGET, target.name)
+    return Candidate(arch, comp)
+
+
+def run_trial(trial: optuna.Trial, ctx: TrialContext, candidate: Candidate) -> tuple[float, float, float]:
+    """Cost, train, prune, export, quantize, evaluate and measure the candidate."""
+    cfg, data, comp = ctx.config, ctx.data, candidate.compression
     torch.manual_seed(cfg.seed * 100_003 + trial.number)
     example = data.train.x[:1]
     calibration = _calibration_samples(data, cfg.calib_samples, cfg.seed)
@@ -120,7 +139,7 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> tuple[float, float, flo
         trial.set_user_attr(attrs.ACCURACY_TORCH, accuracy(predict_logits(model, data.val.x), data.val.y))
 
     with _stage(trial, ctx, "export"):
-        fp32 = export_onnx(model, example, {**metadata, "arch": str(model.spec)})
+        fp32 = _export(model, example, metadata)
         trial.set_user_attr(attrs.PARITY_MAX_DIFF, check_parity(fp32, model, data.val.x[:64]))
         trial.set_user_attr(attrs.SIZE_BYTES_FP32, len(fp32))
 
@@ -148,6 +167,9 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> tuple[float, float, flo
             trial.set_user_attr(attrs.ACCURACY_ON_TARGET, float((logits.argmax(1) == data.val.y.numpy()).mean()))
 
     size_kb = len(deployed) / 1024.0
+    broken = _broken_limits(cfg, size_kb, m.stats.p50_ms)
+    if broken:  # no complete trial breaks a hard limit, whatever the probe said
+        _reject(trial, cfg, "after training", broken, m.stats.p50_ms, size_kb)
     _record_constraints(trial, cfg, m.stats.p50_ms, size_kb)
     return acc, m.stats.p50_ms, size_kb
 
@@ -161,6 +183,12 @@ def _train_config(cfg: StudyConfig, epochs: float, trial_number: int) -> TrainCo
         temperature=cfg.temperature,
         seed=cfg.seed * 100_003 + trial_number,
     )
+
+
+def _export(model: torch.nn.Module, example: torch.Tensor, metadata: dict) -> bytes:
+    """The fp32 file, naming the network it holds: the size probe and the trial export alike,
+    so that a size limit checked on the probe holds for the file that ships."""
+    return export_onnx(model, example, {**metadata, "arch": str(model.spec)})
 
 
 def _quantize(fp32: bytes, comp, calibration: np.ndarray, target: Target) -> bytes:
@@ -197,24 +225,49 @@ def _record_constraints(trial: optuna.Trial, cfg: StudyConfig, latency_ms: float
 
 def _reject_if_over_budget(trial, ctx, candidate, example, calibration, metadata) -> None:
     """Latency and size depend on shapes, not on trained weights: measure the untrained
-    network, pruned and quantized as the candidate says, and refuse it before training."""
+    network, pruned, exported and quantized as the trial will be, and refuse it before
+    training. Its file differs from the trained one by a few bytes at most (quantized
+    scales and zero points), so the limits are checked again on the file that ships."""
     cfg, comp = ctx.config, candidate.compression
-    probe = build_model(candidate.arch)
-    prune(probe, comp.prune_ratio, comp.channel_round, example, cfg.prune_steps)
-    deployed = _quantize(export_onnx(probe, example, metadata), comp, calibration, ctx.target)
-    size_kb, latency = len(deployed) / 1024.0, None
+    with torch.random.fork_rng():  # the trial trains as it would without limits
+        probe = build_model(candidate.arch)
+        prune(probe, comp.prune_ratio, comp.channel_round, example, cfg.prune_steps)
+        _like_trained_weights(probe)
+    deployed = _quantize(_export(probe, example, metadata), comp, calibration, ctx.target)
+    size_kb = len(deployed) / 1024.0
+    reasons = _broken_limits(cfg, size_kb, None)
+    latency = None
+    if cfg.max_latency_ms is not None and not reasons:  # timing costs more than counting bytes
+        latency = ctx.measurer.measure(deployed).stats.p50_ms
+        reasons = _broken_limits(cfg, size_kb, latency)
+    if reasons:
+        _reject(trial, cfg, "before training", reasons, latency, size_kb)
+
+
+@torch.no_grad()
+def _like_trained_weights(model: torch.nn.Module) -> None:
+    """Give every tensor distinct values, as training does. The exporter stores equal
+    constant tensors once, and a fresh network is full of them (zero biases, unit
+    batch-norm scales): its file would be smaller than the trained network's."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point():  # signed, as trained weights are: it sets the zero points
+            tensor.copy_(torch.randn_like(tensor).abs() + 0.5 if "running_var" in name else torch.randn_like(tensor))
+
+
+def _broken_limits(cfg: StudyConfig, size_kb: float, latency_ms: float | None) -> list[str]:
     reasons = []
     if cfg.max_size_kb is not None and size_kb > cfg.max_size_kb:
-        reasons.append(f"size {size_kb:.1f} KB > {cfg.max_size_kb:g} KB")
-    if cfg.max_latency_ms is not None and not reasons:
-        latency = ctx.measurer.measure(deployed).stats.p50_ms
-        if latency > cfg.max_latency_ms:
-            reasons.append(f"latency {latency:.3f} ms > {cfg.max_latency_ms:g} ms")
-    if reasons:
-        reason = "; ".join(reasons)
-        trial.set_user_attr(attrs.REJECTED, reason)
-        _record_constraints(trial, cfg, latency, size_kb)
-        raise optuna.TrialPruned(f"rejected before training: {reason}")
+        reasons.append(f"size {size_kb * 1024:.0f} B > {cfg.max_size_kb * 1024:.0f} B ({cfg.max_size_kb:g} KB)")
+    if cfg.max_latency_ms is not None and latency_ms is not None and latency_ms > cfg.max_latency_ms:
+        reasons.append(f"latency {latency_ms:.4f} ms > {cfg.max_latency_ms:g} ms")
+    return reasons
+
+
+def _reject(trial, cfg: StudyConfig, when: str, reasons: list[str], latency_ms: float | None, size_kb: float):
+    reason = f"{when}: {'; '.join(reasons)}"
+    trial.set_user_attr(attrs.REJECTED, reason)
+    _record_constraints(trial, cfg, latency_ms, size_kb)
+    raise optuna.TrialPruned(f"rejected {reason}")
 
 
 @contextmanager

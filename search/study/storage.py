@@ -2,8 +2,9 @@
 Optuna's; and the command line's request turned into a study to create or join.
 
 The runner needs three things from here: :func:`plan_study` (which study, where, with
-what configuration: checks only, writes nothing), :func:`open_study` (create or join it)
-and, for the read-only commands, :func:`study_summaries` and :func:`deployed_model`.
+what configuration: checks only, writes nothing), :func:`open_study` (create or join it),
+the study's :class:`TrialStartLock`, and, for the read-only commands,
+:func:`study_summaries` and :func:`deployed_model`.
 
 Our own tables, beside Optuna's in the same database:
 
@@ -16,6 +17,7 @@ Our own tables, beside Optuna's in the same database:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import time
@@ -89,6 +91,42 @@ def schema_lock(url: str):
                 conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _SCHEMA_LOCK_KEY})
     finally:
         engine.dispose()
+
+
+class TrialStartLock:
+    """Makes "count the study's trials, then start one" a single step among all its workers.
+
+    Without it, two workers that both see one trial missing from the budget both start
+    it. PostgreSQL: a transaction-level advisory lock keyed by the study, on a connection
+    of its own (Optuna locks the studies row itself when it creates a trial, so that row
+    cannot be the lock). SQLite: an exclusive ``flock`` on a file beside the database,
+    since its workers all share that machine's file system.
+    """
+
+    def __init__(self, url: str, study: str):
+        self.url = url
+        self.key = int.from_bytes(hashlib.sha256(study.encode()).digest()[:8], "big", signed=True)
+        db = sqlite_file(url)
+        self.lock_file = None if db is None else db.with_name(db.name + ".lock")
+        self.engine = None if db is not None else sa.create_engine(url, pool_pre_ping=True)
+
+    @contextlib.contextmanager
+    def __call__(self):
+        if self.engine is not None:
+            with self.engine.connect() as conn, conn.begin():
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": self.key})
+                yield  # released when the transaction ends
+            return
+        with open(self.lock_file, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.dispose()
 
 
 class Store:
@@ -261,7 +299,7 @@ def study_config(study: optuna.Study) -> StudyConfig:
 class StudySummary:
     name: str
     url: str
-    counts: dict[str, int]  # trials by state name: COMPLETE, FAIL, PRUNED, RUNNING, WAITING
+    counts: dict[str, int]  # trials by state name (COMPLETE, FAIL, PRUNED, RUNNING, WAITING); repeats apart, as REPEAT
     config: str  # the stored configuration, as JSON
 
 
@@ -279,7 +317,8 @@ def study_summaries(storage: str | None, study: str | None, studies_dir: Path) -
             if study and s.study_name != study:
                 continue
             trials = rdb.get_all_trials(s._study_id, deepcopy=False)
-            counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
+            kinds = ["REPEAT" if attrs.REPEAT_OF in t.user_attrs else t.state.name for t in trials]
+            counts = {kind: kinds.count(kind) for kind in ["REPEAT", *(state.name for state in TrialState)]}
             summaries.append(StudySummary(s.study_name, url, counts, s.user_attrs.get(attrs.STUDY_CONFIG, "{}")))
     return summaries
 

@@ -1,0 +1,151 @@
+"""The trial loop on real storage: an exact budget, per-worker seeds, repeats.
+
+Workers here are real processes running ``loop.run_trials`` against SQLite or the
+PostgreSQL server, with an objective that only sleeps, so that many of them can race
+for the last trials of a budget in seconds. They start at one agreed instant, each
+trial takes long enough that the workers move in waves, and each read of the trials is
+followed by a pause: a budget that ends mid-wave puts every worker between counting
+and starting at once, which without the start lock overshoots every time.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import ROOT
+from search.progress import SearchProgress
+from search.study import attrs, loop
+from search.study.config import StudyConfig
+from search.study.storage import SearchError, TrialStartLock, open_storage
+
+STUDY = "race"
+
+
+class SleepyObjective:
+    """Candidates are integers below ``choices``; a trial sleeps and scores its integer."""
+
+    def __init__(self, choices: int, seconds: float):
+        self.choices, self.seconds = choices, seconds
+
+    def sample(self, trial):
+        x = trial.suggest_int("x", 0, self.choices - 1)
+        trial.set_user_attr(attrs.ARCH_SAMPLED, f"x{x}")
+        trial.set_user_attr(attrs.COMPRESSION, "none")
+        return x
+
+    def run(self, trial, x):
+        time.sleep(self.seconds)
+        return x / self.choices, 1.0, 1.0
+
+    def repeat(self, trial, original):
+        trial.set_user_attr(attrs.REPEAT_OF, original.number)
+        return original.values
+
+
+def create_study(url: str) -> None:
+    optuna.create_study(study_name=STUDY, storage=open_storage(url), directions=list(attrs.DIRECTIONS))
+
+
+def run_worker(url: str, budget: int, choices: int, seconds: float, sampler: str = "random", seed: int = 0,
+               read_delay: float = 0.0) -> None:
+    """``read_delay`` holds the worker after each read of the trials: between counting them
+    and starting one, other workers have all the time they need to start theirs."""
+    study = optuna.load_study(study_name=STUDY, storage=open_storage(url))
+    if read_delay:
+        read = study.get_trials
+        study.get_trials = lambda *args, **kwargs: (read(*args, **kwargs), time.sleep(read_delay))[0]
+    lock = TrialStartLock(url, STUDY)
+    config = StudyConfig(sampler=sampler, seed=seed)
+    loop.run_trials(study, config, budget, SleepyObjective(choices, seconds), lock, SearchProgress())
+    lock.close()
+
+
+def run_workers(url: str, n: int, budget: int, choices: int = 10**9, seconds: float = 0.2) -> None:
+    """``n`` worker processes that start their loops at the same instant."""
+    start_at = time.time() + 6  # after every process has imported what it needs
+    code = (
+        "import sys, time; from test_loop import run_worker; "
+        f"time.sleep(max(0, {start_at} - time.time())); run_worker({url!r}, {budget}, {choices}, {seconds}, "
+        "read_delay=0.4)"
+    )
+    env = {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
+    workers = [subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    for w in workers:
+        _, err = w.communicate(timeout=180)
+        assert w.returncode == 0, err
+
+
+def trials_of(url: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=STUDY, storage=open_storage(url)).get_trials()
+
+
+def assert_exact_budget_of_distinct_candidates(url: str, budget: int) -> None:
+    trials = trials_of(url)
+    counted = [t for t in trials if loop.counts_towards_budget(t)]
+    assert len(counted) == budget, [t.state.name for t in trials]
+    assert not [t for t in trials if attrs.REPEAT_OF in t.user_attrs], "workers drew the same candidates"
+    assert len({t.params["x"] for t in counted}) == budget
+
+
+@pytest.fixture()
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path}/study.db"
+
+
+def test_workers_started_together_on_sqlite_stop_at_exactly_the_budget_with_distinct_candidates(sqlite_url):
+    create_study(sqlite_url)
+    run_workers(sqlite_url, n=6, budget=15)
+    assert_exact_budget_of_distinct_candidates(sqlite_url, 15)
+
+
+@pytest.mark.postgres
+def test_eight_workers_on_postgres_stop_at_exactly_twenty(fresh_database):
+    create_study(fresh_database)
+    run_workers(fresh_database, n=8, budget=20)
+    assert_exact_budget_of_distinct_candidates(fresh_database, 20)
+
+
+def test_a_single_worker_is_reproducible_from_its_seed(tmp_path):
+    drawn = []
+    for run in ("a", "b"):
+        url = f"sqlite:///{tmp_path}/{run}.db"
+        create_study(url)
+        run_worker(url, budget=6, choices=10**9, seconds=0, sampler="nsga2", seed=3)
+        drawn.append([t.params["x"] for t in trials_of(url)])
+    assert drawn[0] == drawn[1] and len(set(drawn[0])) == 6
+
+
+def test_a_rerun_draws_new_candidates(sqlite_url):
+    create_study(sqlite_url)
+    run_worker(sqlite_url, budget=3, choices=10**9, seconds=0)
+    run_worker(sqlite_url, budget=6, choices=10**9, seconds=0)
+    assert_exact_budget_of_distinct_candidates(sqlite_url, 6)
+    assert optuna.load_study(study_name=STUDY, storage=sqlite_url).user_attrs[attrs.STUDY_WORKERS_JOINED] == 2
+
+
+def test_a_repeated_candidate_takes_the_values_of_the_first_and_does_not_count(sqlite_url):
+    create_study(sqlite_url)
+    run_worker(sqlite_url, budget=3, choices=4, seconds=0)
+    trials = trials_of(sqlite_url)
+    counted = [t for t in trials if loop.counts_towards_budget(t)]
+    repeats = [t for t in trials if attrs.REPEAT_OF in t.user_attrs]
+    assert len(counted) == 3 and len({t.params["x"] for t in counted}) == 3
+    assert repeats, "four choices, three trials: the random sampler repeats itself with this seed"
+    by_number = {t.number: t for t in trials}
+    for r in repeats:
+        original = by_number[r.user_attrs[attrs.REPEAT_OF]]
+        assert r.state == TrialState.COMPLETE and r.values == original.values
+        assert r.params == original.params and attrs.REPEAT_OF not in original.user_attrs
+
+
+def test_an_exhausted_space_stops_with_one_clear_line(sqlite_url):
+    create_study(sqlite_url)
+    with pytest.raises(SearchError, match="in a row were already in the study"):
+        run_worker(sqlite_url, budget=3, choices=2, seconds=0)
+    assert sum(loop.counts_towards_budget(t) for t in trials_of(sqlite_url)) == 2
