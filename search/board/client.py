@@ -190,4 +190,5 @@ def _error_text(payload: bytes) -> str:
     try:
         return str(json.loads(payload)["error"])
     except (ValueError, KeyError, TypeError):
-        return payload[:200].decode("utf-8", "replace")
+        # Not an agent's reply (another web server's page): its start, on one line.
+        return " ".join(payload[:200].decode("utf-8", "replace").split())
