@@ -105,6 +105,13 @@ def _make_dataset(name, images, labels, test_images, test_labels, classes, hflip
     from sklearn.model_selection import train_test_split
 
     n_val = min(int(0.2 * len(labels)), 5000)
+    per_class = np.bincount(labels, minlength=len(classes))
+    if n_val < len(classes) or per_class.min() < 2:
+        raise DatasetError(
+            f"{name}: {len(labels)} training images for {len(classes)} classes (fewest in one class: "
+            f"{per_class.min()}) cannot give a validation split (a fifth) with every class in it; "
+            "give at least 5 training images per class"
+        )
     train_idx, val_idx = train_test_split(
         np.arange(len(labels)), test_size=n_val, stratify=labels, random_state=SPLIT_SEED
     )

@@ -24,8 +24,11 @@ from .study import attrs
 from .study.config import ConfigError, study_dir
 from .study.loop import count_complete, run_trials
 from .study.objective import StudyObjective, TrialContext
-from .study.storage import Store, StudyPlan, TrialStartLock, existing_study, open_study, plan_study, study_config
+from .study.storage import SearchError, Store, StudyPlan, TrialStartLock, existing_study, open_study, plan_study, study_config
 from .targets import Target, get_target
+
+
+CHANCE_MULTIPLE = 1.5  # a teacher below 1.5x chance accuracy has learned nothing to distil
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,13 @@ def run_search(request: SearchRequest, progress: SearchProgress = SearchProgress
         data, request.cache_dir, config.teacher_epochs or None, config.seed, on_progress=progress.fraction
     )
     progress.message(f"teacher: ResNet-18 {teacher.source}, validation accuracy {teacher.val_accuracy:.4f}")
+    chance = 1 / data.num_classes
+    if teacher.val_accuracy < CHANCE_MULTIPLE * chance:
+        raise SearchError(
+            f"the teacher at {teacher.path} is near chance ({teacher.val_accuracy:.3f}, chance {chance:.3f}): "
+            "distilling from it would mislead every trial; delete it and train longer (--teacher-epochs), "
+            "or install a trained one with: python nas.py teacher --weights W"
+        )
     measurer = CachedMeasurer(p.measurer, store)
     ctx = TrialContext(config, get_space(config.space), data, teacher, p.target, measurer, store, progress)
     start_lock = TrialStartLock(p.plan.url, p.plan.name)

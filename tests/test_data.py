@@ -153,3 +153,14 @@ def test_real_cifar10_photos_load_as_an_image_folder(tmp_path):
     assert np.bincount(data.test.y.numpy()).tolist() == [3] * 10
     # CIFAR-10's per-channel means (as in ../shared/models/resnet18-cifar10.json), to a few per cent.
     assert np.allclose(data.mean, (0.491, 0.482, 0.447), atol=0.05)
+
+
+def test_too_few_images_for_a_validation_split_are_refused_saying_how_many(tmp_path):
+    for split, n in (("train", 4), ("test", 1)):
+        for cls in ("a", "b", "c"):
+            folder = tmp_path / "few" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8), (80 * i, 0, 0)).save(folder / f"{i}.png")
+    with pytest.raises(DatasetError, match="12 training images for 3 classes.*at least 5 training images per class"):
+        load_dataset(f"imagefolder:{tmp_path / 'few'}", cache_dir=str(tmp_path / "cache"))

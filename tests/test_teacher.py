@@ -80,6 +80,7 @@ def test_a_state_dict_that_does_not_fit_is_refused_saying_what_the_teacher_needs
     message = str(e.value)
     assert message.startswith(f"{CIFAR10_RESNET} does not fit the teacher for digits")
     assert "ResNet-18, 3x3 stem, no max-pool, 1 input channels, 10 classes" in message
+    assert "size mismatch for conv1.weight" in message and "\n" not in message  # which tensor, on one line
     assert not teacher_path(digits, tmp_path).exists()
 
 

@@ -80,9 +80,15 @@ def import_teacher(data: Dataset, weights: str | Path, cache_dir: str | Path) ->
         raise ValueError(
             f"{weights} does not fit the teacher for {data.name} "
             f"(ResNet-18, 3x3 stem, no max-pool, {data.in_chs} input channels, {data.num_classes} classes): "
-            f"{str(e).splitlines()[0]}"
+            f"{_first_mismatch(e)}"
         ) from None
     return _save(model, data, teacher_path(data, cache_dir), f"imported from {weights}")
+
+
+def _first_mismatch(error: RuntimeError) -> str:
+    """torch's first line only says loading failed; the next ones say which tensor."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[1] if len(lines) > 1 else lines[0]
 
 
 def _save(model: nn.Module, data: Dataset, path: Path, source: str) -> Teacher:
