@@ -17,7 +17,7 @@ from conftest import ROOT
 from search.cli import TerminalProgress
 from search.study import attrs
 from search.study.config import StudyConfig, option_name
-from test_front_report import complete, numbered
+from test_front import complete, numbered
 
 
 @pytest.mark.parametrize(

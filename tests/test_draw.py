@@ -17,7 +17,7 @@ from search.report.front import CSV_FIELDS, build_report
 from search.stages.export import export_onnx
 from search.study import attrs
 from search.study.storage import Store, sha256
-from test_front_report import sample_trials
+from test_front import sample_trials
 
 FRONT = [3, 1, 0, 7]  # sample_trials()'s front, fastest first
 
