@@ -1,6 +1,7 @@
 """End to end: the real command, real Optuna storage, real ONNX Runtime."""
 
 import csv
+import datetime
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from optuna.trial import TrialState
 from conftest import FAST, ROOT, run_nas
 from search.study import attrs
 from search.stages.evaluate import onnx_accuracy
-from search.study.storage import Store
+from search.study.storage import GRACE_SECONDS, Store
 
 REQUIRED_ATTRS = [
     attrs.ARCH, attrs.PARAMS, attrs.MACS, attrs.SIZE_BYTES, attrs.LATENCY_P50, attrs.LATENCY_P90,
@@ -98,7 +99,10 @@ def test_interrupted_study_resumes_to_exactly_the_budget(tmp_path, cache_dir, ho
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # Interrupt during the third trial (number 2).
-        assert _wait_for(lambda: _running_trial_number(tmp_path, "resume") == 2), "trial 3 never started"
+        _wait_for(lambda: proc.poll() is not None or _running_trial_number(tmp_path, "resume") == 2)
+        assert proc.poll() is None and _running_trial_number(tmp_path, "resume") == 2, (
+            f"trial 3 never started (exit status {proc.poll()}):\n{proc.stderr.read() if proc.poll() is not None else ''}"
+        )
         proc.send_signal(how)
         proc.wait(timeout=60)
     finally:
@@ -109,9 +113,20 @@ def test_interrupted_study_resumes_to_exactly_the_budget(tmp_path, cache_dir, ho
         assert proc.returncode == 130
         assert study.get_trials()[2].state == TrialState.FAIL
 
+    rerun_started = datetime.datetime.now()  # Optuna's trial datetimes are naive local times too
     result = run_nas(["--budget", "5", "--study", "resume", "--cache-dir", str(cache_dir)], tmp_path)
     assert result.returncode == 0, result.stderr
-    assert _complete(_study(tmp_path, "resume")[0]) == 5
+    study, _ = _study(tmp_path, "resume")
+    assert _complete(study) == 5
+    killed = study.get_trials()[2]
+    assert killed.state == TrialState.FAIL
+    if how == signal.SIGKILL:
+        # The rerun failed the dead worker's trial itself, before starting any trial of its
+        # own: the heartbeat would have failed it only GRACE_SECONDS after its last beat,
+        # while the rerun was already training (trial 3 starts at once beside a RUNNING one).
+        rerun_trials = [t for t in study.get_trials() if t.number > killed.number]
+        assert killed.datetime_complete <= min(t.datetime_start for t in rerun_trials)
+        assert 0 <= (killed.datetime_complete - rerun_started).total_seconds() < GRACE_SECONDS / 2
 
 
 @pytest.mark.parametrize(

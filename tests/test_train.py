@@ -53,12 +53,29 @@ def test_fit_learns_a_separable_toy_problem():
     assert loss < 0.3
 
 
-def test_fit_with_teacher_logits_uses_distillation():
-    data = _toy_split()
+def _student_agreement(alpha: float) -> tuple[float, float]:
+    """Train a student against a teacher that swaps the two classes; return how often it
+    predicts (the labels, the teacher's argmax) on the training data."""
+    data = _toy_split(256)
+    swapped = 1 - data.y
+    teacher_logits = 4.0 * F.one_hot(swapped, 2).float() - 2.0  # confident, and always wrong
+    torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
-    teacher_logits = torch.randn(len(data), 2)
-    loss = fit(model, data, TrainConfig(epochs=1, alpha=1.0), teacher_logits)
+    loss = fit(model, data, TrainConfig(epochs=10, lr=0.05, batch_size=32, alpha=alpha), teacher_logits)
     assert math.isfinite(loss)
+    with torch.no_grad():
+        predicted = model(data.x).argmax(1)
+    return (predicted == data.y).float().mean().item(), (predicted == swapped).float().mean().item()
+
+
+def test_fit_with_teacher_logits_uses_distillation():
+    # Pure distillation: the student follows the teacher's (swapped) labelling, row by row,
+    # not the labels.
+    follows_labels, follows_teacher = _student_agreement(alpha=1.0)
+    assert follows_teacher >= 0.9 and follows_labels <= 0.1
+    # And alpha weighs the two terms: with alpha=0 the same teacher logits are ignored.
+    follows_labels, follows_teacher = _student_agreement(alpha=0.0)
+    assert follows_labels >= 0.9 and follows_teacher <= 0.1
 
 
 def test_diverging_loss_is_reported():
