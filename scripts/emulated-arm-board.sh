@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # An emulated 64-bit ARM board for development and CI: a Debian arm64 userland run by
 # QEMU user-mode emulation, with the aarch64 wheels of onnxruntime and numpy, running
-# the board agent (python3 nas.py agent) on loopback.
+# the board agent (python3 -m search.board.agent) on loopback.
 #
 # Its timings are NOT an ARM board's (emulation even inverts int8 vs fp32); the agent
 # runs with EDGENAS_EMULATED=1, so every latency it gives is labelled emulated. Its
@@ -166,11 +166,10 @@ start() {
         install_wheels "$ROOT" "$(wanted_wheels)"
     fi
 
-    # The agent's code, fresh each start.
+    # The agent's code, fresh each start: what a real board gets (README), no more.
     rm -rf "$ROOT/opt/edgenas"
-    mkdir -p "$ROOT/opt/edgenas/search"
-    cp "$REPO/nas.py" "$ROOT/opt/edgenas/"
-    cp "$REPO"/search/*.py "$ROOT/opt/edgenas/search/"
+    mkdir -p "$ROOT/opt/edgenas"
+    tar c -C "$REPO" --exclude=__pycache__ search/__init__.py search/board | tar x -C "$ROOT/opt/edgenas"
     write_cpuinfo >"$BOARD/cpuinfo"
 
     port=${port:-8471}
@@ -190,9 +189,9 @@ start() {
         mount --bind -o ro /sys "$root/sys"
         mount -t tmpfs tmpfs "$root/dev/shm"
         exec chroot "$root" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root \
-            QEMU_CPU="$QEMU_CPU" EDGENAS_EMULATED=1 EDGENAS_TOKEN="$EDGENAS_TOKEN" "$@"
+            QEMU_CPU="$QEMU_CPU" EDGENAS_EMULATED=1 EDGENAS_TOKEN="$EDGENAS_TOKEN" PYTHONPATH=/opt/edgenas "$@"
     ' sh "$ROOT" "$BOARD/cpuinfo" \
-        python3 /opt/edgenas/nas.py agent --host 127.0.0.1 --port "$port" >"$LOG" 2>&1 &
+        python3 -m search.board.agent --host 127.0.0.1 --port "$port" >"$LOG" 2>&1 &
     echo $! >"$PID_FILE"
 
     local deadline=$((SECONDS + START_TIMEOUT_S))
