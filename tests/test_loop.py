@@ -16,6 +16,7 @@ import time
 
 import optuna
 import pytest
+import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from conftest import ROOT
@@ -149,3 +150,29 @@ def test_an_exhausted_space_stops_with_one_clear_line(sqlite_url):
     with pytest.raises(SearchError, match="in a row were already in the study"):
         run_worker(sqlite_url, budget=3, choices=2, seconds=0)
     assert sum(loop.counts_towards_budget(t) for t in trials_of(sqlite_url)) == 2
+
+
+class HeartbeatReadingObjective(SleepyObjective):
+    """Records, from inside the running trial, how many heartbeats the database holds for it."""
+
+    def __init__(self, url: str):
+        super().__init__(choices=10**9, seconds=0.0)
+        self.url = url
+
+    def run(self, trial, x):
+        engine = sa.create_engine(self.url)
+        with engine.connect() as conn:
+            beats = conn.execute(sa.text("SELECT count(*) FROM trial_heartbeats WHERE trial_id = :t"),
+                                 {"t": trial._trial_id}).scalar()
+        engine.dispose()
+        trial.set_user_attr("heartbeats_seen", beats)
+        return super().run(trial, x)
+
+
+def test_a_running_trial_records_its_heartbeat(sqlite_url):
+    """Without heartbeats, a worker that dies on another machine holds its trial RUNNING forever."""
+    create_study(sqlite_url)
+    study = optuna.load_study(study_name=STUDY, storage=open_storage(sqlite_url))
+    lock = TrialStartLock(sqlite_url, STUDY)
+    loop.run_trials(study, StudyConfig(sampler="random"), 2, HeartbeatReadingObjective(sqlite_url), lock, SearchProgress())
+    assert [t.user_attrs["heartbeats_seen"] for t in trials_of(sqlite_url)] == [1, 1]

@@ -99,10 +99,9 @@ def test_interrupted_study_resumes_to_exactly_the_budget(tmp_path, cache_dir, ho
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # Interrupt during the third trial (number 2).
-        _wait_for(lambda: proc.poll() is not None or _running_trial_number(tmp_path, "resume") == 2)
-        assert proc.poll() is None and _running_trial_number(tmp_path, "resume") == 2, (
-            f"trial 3 never started (exit status {proc.poll()}):\n{proc.stderr.read() if proc.poll() is not None else ''}"
-        )
+        started = _wait_for(lambda: proc.poll() is not None or _running_trial_number(tmp_path, "resume") == 2)
+        assert proc.poll() is None, f"nas.py exited with {proc.returncode} before trial 3:\n{proc.stderr.read()}"
+        assert started, "trial 3 never started"
         proc.send_signal(how)
         proc.wait(timeout=60)
     finally:

@@ -243,7 +243,8 @@ def _run(study: optuna.Study, trial: optuna.Trial, objective: Objective, candida
 def _heartbeat(study: optuna.Study, trial: optuna.Trial):
     """Record the trial's heartbeat while it runs, so other workers can tell it is alive."""
     storage = study._storage
-    interval = storage.get_heartbeat_interval() if isinstance(storage, optuna.storages.RDBStorage) else None
+    # The study's storage is Optuna's caching wrapper around the RDBStorage: ask it, not its type.
+    interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
     if interval is None:
         yield
         return
