@@ -126,9 +126,9 @@ def run_trials(
 ) -> None:
     """Run trials until the study holds exactly ``budget`` complete ones.
 
-    A worker does not start a trial when the complete trials plus those running or
-    waiting already make the budget; it waits to see whether they complete (a failed
-    one leaves room for another).
+    A worker does not start a trial when the complete trials plus those running already
+    make the budget; it waits to see whether they complete (a failed one leaves room
+    for another). Enqueued (waiting) trials are started first, by whichever worker asks.
     """
     with start_lock():
         slot = study.user_attrs.get(attrs.STUDY_WORKERS_JOINED, 0)
