@@ -248,13 +248,12 @@ def _heartbeat(study: optuna.Study, trial: optuna.Trial):
     if interval is None:
         yield
         return
+    storage.record_heartbeat(trial._trial_id)  # alive from its first moment, not the thread's
     stop = threading.Event()
 
     def beat() -> None:
-        while True:
+        while not stop.wait(interval):
             storage.record_heartbeat(trial._trial_id)
-            if stop.wait(interval):
-                return
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
     thread.start()
