@@ -38,6 +38,11 @@ def _add_study_args(p: argparse.ArgumentParser) -> None:
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", metavar="DIR", help="where torchvision finds cifar10 / mnist / fashion-mnist (never downloads)")
     p.add_argument("--cache-dir", metavar="DIR", default="studies/.cache", help="teachers and decoded images (default: %(default)s)")
+    p.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out images that cannot be decoded, and list them (default: stop at the first, naming it)",
+    )
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -76,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budget", type=int, default=50, metavar="N", help="complete trials the study should end with (default: %(default)s)")
     s.add_argument("--device", metavar="HOST:PORT", help="measure latency on the board agent at HOST:PORT (see 'nas.py agent')")
     s.add_argument("--token", metavar="SECRET", default=os.environ.get("EDGENAS_TOKEN"), help="the agent's token (default: $EDGENAS_TOKEN)")
+    s.add_argument(
+        "--train-device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="where this worker trains: auto takes a CUDA GPU when there is one (mixed precision, data on the GPU); "
+        "latency is always measured on the target (default: %(default)s)",
+    )
     _add_study_args(s)
     _add_data_args(s)
     _add_config_args(s)
@@ -97,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("teacher", help="train a data set's teacher, or install one from a state dict")
     t.add_argument("--dataset", default="digits", metavar="NAME", help="as for search (default: %(default)s)")
+    t.add_argument("--resolution", type=int, default=0, metavar="N", help="as for search (default: from the data)")
     _add_data_args(t)
     t.add_argument("--weights", metavar="PATH", help="a ResNet-18 state dict to install instead of training")
     t.add_argument("--epochs", type=int, metavar="N", help="training epochs (default: by data set size)")

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from search.data import Dataset, load_dataset  # noqa: E402
-from search.stages.teacher import Teacher, import_teacher, load_or_train_teacher, teacher_path  # noqa: E402
+from search.stages.teacher import Teacher, import_teacher, load_or_train_teacher, teacher_logits, teacher_path  # noqa: E402
 from search.stages.train import TrainConfig, accuracy, fit, predict_logits  # noqa: E402
 from spaces import MobileNetV3Like, build_model, parse_arch  # noqa: E402
 
@@ -58,7 +58,7 @@ def cifar_teacher(data: Dataset) -> Teacher:
     """The shared ResNet-18 (83.9% test), installed as this data set's teacher once."""
     if teacher_path(data, CACHE).exists():
         return load_or_train_teacher(data, CACHE)
-    log("installing the shared ResNet-18 teacher: computing its logits on the training split")
+    log("installing the shared ResNet-18 teacher: checking it on the validation split")
     return import_teacher(data, TEACHER_WEIGHTS, CACHE)
 
 
@@ -72,9 +72,9 @@ def trained_bench_model(data: Dataset, teacher: Teacher) -> MobileNetV3Like:
     log(f"training the benchmark network for {BENCH_EPOCHS} epochs (cached afterwards)")
     torch.manual_seed(0)
     start = time.perf_counter()
-    fit(model, data.train, TrainConfig(epochs=BENCH_EPOCHS, lr=0.01, batch_size=128), teacher.train_logits)
+    fit(model, data.train, TrainConfig(epochs=BENCH_EPOCHS, lr=0.01, batch_size=128), teacher_logits(teacher, data.train))
     log(f"trained in {time.perf_counter() - start:.0f} s, validation accuracy "
-        f"{accuracy(predict_logits(model, data.val.x), data.val.y):.4f}")
+        f"{accuracy(predict_logits(model, data.val), data.val.y):.4f}")
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     return model.eval()

@@ -19,7 +19,7 @@ import torch
 from common import cifar10, cifar_teacher, log, print_json, print_table
 from torch import nn
 
-from search.data import Split
+from search.stages.teacher import teacher_logits
 from search.stages.train import TrainConfig, accuracy, fit, predict_logits
 
 
@@ -40,10 +40,11 @@ def main() -> None:
 
     data = cifar10()
     teacher = cifar_teacher(data)
-    train, logits = data.train, teacher.train_logits
+    train = data.train
     if args.train_subset:
-        train, logits = Split(train.x[: args.train_subset], train.y[: args.train_subset]), logits[: args.train_subset]
-    teacher_acc = accuracy(predict_logits(teacher.model, data.test.x, batch_size=256), data.test.y)
+        train = train.take(torch.arange(args.train_subset))
+    logits = teacher_logits(teacher, train)
+    teacher_acc = accuracy(predict_logits(teacher.model, data.test, batch_size=256), data.test.y)
     n_teacher = sum(p.numel() for p in teacher.model.parameters())
     n_student = sum(p.numel() for p in student().parameters())
     log(f"teacher test accuracy {teacher_acc:.4f}; {n_teacher:,} vs {n_student:,} parameters")
@@ -57,7 +58,7 @@ def main() -> None:
             config = TrainConfig(epochs=args.epochs, lr=0.05, batch_size=128, weight_decay=5e-4, optimizer="sgd",
                                  alpha=alpha, temperature=4.0, seed=seed)
             fit(model, train, config, logits if alpha > 0 else None)
-            results[name].append(accuracy(predict_logits(model, data.test.x), data.test.y))
+            results[name].append(accuracy(predict_logits(model, data.test), data.test.y))
             log(f"seed {seed}, {name}: test accuracy {results[name][-1]:.4f}")
 
     def summary(values):

@@ -24,6 +24,7 @@ from search.stages.evaluate import onnx_accuracy
 from search.stages.export import export_onnx
 from search.board.timing import measure_latency
 from search.stages.prune import prune
+from search.stages.teacher import teacher_logits
 from search.stages.train import TrainConfig, fit
 
 RATIOS = (0.0, 0.25, 0.5, 0.7)
@@ -41,14 +42,14 @@ def main() -> None:
     data = cifar10()
     teacher = cifar_teacher(data)
     base = trained_bench_model(data, teacher)
-    example = data.train.x[:1]
+    example = data.val.batch(slice(0, 1))
     files, costs, specs = {}, {}, {}
     for ratio in RATIOS:
         model = copy.deepcopy(base)
         torch.manual_seed(0)
-        prune(model, ratio, args.channel_round, example, steps=1, bn_data=data.train.x[:2048])
+        prune(model, ratio, args.channel_round, example, steps=1, bn_data=data.train.batch(slice(0, 2048)))
         log(f"ratio {ratio}: fine-tuning {args.finetune_epochs} epochs")
-        fit(model, data.train, TrainConfig(epochs=args.finetune_epochs, lr=0.005, batch_size=128), teacher.train_logits)
+        fit(model, data.train, TrainConfig(epochs=args.finetune_epochs, lr=0.005, batch_size=128), teacher_logits(teacher, data.train))
         costs[ratio] = count_cost(model, data.in_chs, data.resolution)
         specs[ratio] = str(model.spec)
         files[ratio] = export_onnx(model, example)

@@ -50,8 +50,8 @@ def main() -> None:
     data = cifar10()
     model = trained_bench_model(data, cifar_teacher(data))
     cost = count_cost(model, data.in_chs, data.resolution)
-    fp32 = export_onnx(model, data.train.x[:1])
-    calibration = data.train.x[: args.calib_samples].numpy()
+    fp32 = export_onnx(model, data.val.batch(slice(0, 1)))
+    calibration = data.train.batch(slice(0, args.calib_samples)).numpy()
 
     files = {}
     for name, mode, calib, act, reduce_range in VARIANTS:

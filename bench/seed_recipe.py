@@ -121,8 +121,8 @@ def main() -> None:
         "ours: ONNX int8-static": len(int8_onnx) / 1024,
     }
     acc = {
-        "torch fp32": accuracy(predict_logits(model, test.x), test.y),
-        "seed: torch quantize_dynamic": accuracy(predict_logits(seed, test.x), test.y),
+        "torch fp32": accuracy(predict_logits(model, test), test.y),
+        "seed: torch quantize_dynamic": accuracy(predict_logits(seed, test), test.y),
         "ONNX fp32": onnx_accuracy(fp32_onnx, test),
         "ours: ONNX int8-static": onnx_accuracy(int8_onnx, test),
     }

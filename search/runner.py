@@ -13,13 +13,14 @@ import optuna
 
 from spaces import get_space
 
-from .data import Dataset, check_dataset_name, load_dataset
+from .data import Dataset, balanced_subset, check_dataset_name, load_dataset
 from .progress import SearchProgress
 from .report.draw import write_outputs
 from .report.front import Report, build_report
 from .stages.evaluate import onnx_accuracy
 from .stages.measure import CachedMeasurer, Measurer, make_measurer
-from .stages.teacher import load_or_train_teacher
+from .stages.teacher import Teacher, load_or_train_teacher, teacher_logits
+from .stages.train import train_device
 from .study import attrs
 from .study.config import ConfigError, study_dir
 from .study.loop import count_complete, run_trials
@@ -43,6 +44,8 @@ class SearchRequest:
     cache_dir: str = "studies/.cache"
     device: str | None = None
     token: str | None = None
+    train_device: str = "auto"
+    skip_bad_images: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,21 +67,60 @@ def prepare(request: SearchRequest) -> Prepared:
         except ValueError as e:
             raise ConfigError(f"--space: {e}") from None
     target = get_target(plan.config.target, request.device)
+    try:
+        train_device(request.train_device)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return Prepared(plan, target, make_measurer(target, request.token))
 
 
 def run_search(request: SearchRequest, progress: SearchProgress = SearchProgress()) -> Report:
     p = prepare(request)
-    data = load_dataset(p.plan.config.dataset, request.data_dir, request.cache_dir)
+    config = p.plan.config
+    data = load_dataset(config.dataset, request.data_dir, request.cache_dir, config.resolution, request.skip_bad_images)
+    _announce_data(data, progress)
     study, store = open_study(p.plan, data.resolution)
     config = study_config(study)
     progress.message(f"study {p.plan.name}: {count_complete(study)} of {request.budget} trials complete; storage {p.plan.url}")
     progress.message(f"target {p.target.describe()}")
 
+    progress.stage(None, "teacher")
     teacher = load_or_train_teacher(
-        data, request.cache_dir, config.teacher_epochs or None, config.seed, on_progress=progress.fraction
+        data, request.cache_dir, config.teacher_epochs or None, config.seed, on_progress=progress.steps
     )
     progress.message(f"teacher: ResNet-18 {teacher.source}, validation accuracy {teacher.val_accuracy:.4f}")
+    check_teacher(teacher, data)
+    device = train_device(request.train_device)
+    proxy = data.train.take(balanced_subset(data.train.y, config.train_subset, config.seed))
+    if len(proxy) < len(data.train):
+        progress.message(f"proxy training on {len(proxy)} of {len(data.train)} training images (class-balanced, --train-subset)")
+    progress.stage(None, "teacher logits")
+    logits = teacher_logits(teacher, proxy, on_progress=progress.steps)
+    if device.type != "cpu":
+        progress.message(f"training on {device} (mixed precision); latency is still measured on the target")
+    measurer = CachedMeasurer(p.measurer, store)
+    ctx = TrialContext(
+        config, get_space(config.space), data, proxy.to(device), logits, p.target, measurer, store, progress
+    )
+    start_lock = TrialStartLock(p.plan.url, p.plan.name)
+    try:
+        run_trials(study, config, request.budget, StudyObjective(ctx), start_lock, progress)
+    finally:
+        start_lock.close()
+    return finish(study, data, store, study_dir(p.plan.name), p.target.name)
+
+
+def _announce_data(data: Dataset, progress: SearchProgress) -> None:
+    progress.message(
+        f"data {data.name}: {len(data.train)} training, {len(data.val)} validation, {len(data.test)} test images "
+        f"of {data.num_classes} classes; {data.resolution_note}"
+    )
+    if data.skipped:
+        shown = ", ".join(data.skipped[:5]) + (f" and {len(data.skipped) - 5} more" if len(data.skipped) > 5 else "")
+        progress.message(f"skipped {len(data.skipped)} unreadable images (--skip-bad-images): {shown}")
+
+
+def check_teacher(teacher: Teacher, data: Dataset) -> None:
     chance = 1 / data.num_classes
     if teacher.val_accuracy < CHANCE_MULTIPLE * chance:
         raise SearchError(
@@ -86,14 +128,6 @@ def run_search(request: SearchRequest, progress: SearchProgress = SearchProgress
             "distilling from it would mislead every trial; delete it and train longer (--teacher-epochs), "
             "or install a trained one with: python nas.py teacher --weights W"
         )
-    measurer = CachedMeasurer(p.measurer, store)
-    ctx = TrialContext(config, get_space(config.space), data, teacher, p.target, measurer, store, progress)
-    start_lock = TrialStartLock(p.plan.url, p.plan.name)
-    try:
-        run_trials(study, config, request.budget, StudyObjective(ctx), start_lock, progress)
-    finally:
-        start_lock.close()
-    return finish(study, data, store, study_dir(p.plan.name), p.target.name)
 
 
 def finish(study: optuna.Study, data: Dataset, store: Store, out_dir: Path, target_name: str) -> Report:
@@ -113,10 +147,12 @@ def finish(study: optuna.Study, data: Dataset, store: Store, out_dir: Path, targ
     return report
 
 
-def report_study(study: str, storage: str | None, data_dir: str | None, cache_dir: str) -> Report:
+def report_study(
+    study: str, storage: str | None, data_dir: str | None, cache_dir: str, skip_bad_images: bool = False
+) -> Report:
     """Rebuild the outputs of an existing study (``nas.py report``)."""
     plan = existing_study(study, storage)
     check_dataset_name(plan.config.dataset, data_dir)
-    data = load_dataset(plan.config.dataset, data_dir, cache_dir)
+    data = load_dataset(plan.config.dataset, data_dir, cache_dir, plan.config.resolution, skip_bad_images)
     opened, store = open_study(plan, data.resolution)
     return finish(opened, data, store, study_dir(study), plan.config.target)

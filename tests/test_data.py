@@ -1,6 +1,9 @@
 """Data sets: digits, a folder (or zip) of images, real CIFAR-10 photos; splits and errors."""
 
+import io
 import logging
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -9,7 +12,8 @@ import torch
 from PIL import Image
 
 from cifar_subset import CIFAR10_CLASSES, extract_cifar10_subset
-from search.data import DatasetError, check_dataset_name, load_dataset
+from conftest import ROOT
+from search.data import DatasetError, Split, balanced_subset, check_dataset_name, load_dataset
 
 # Class -> its dominant colour channel: a class is recognisable from its pixels after loading.
 CHANNELS = {"blue": 2, "green": 1, "red": 0}
@@ -101,7 +105,7 @@ def test_an_image_folder_of_png_and_jpeg_files_loads_with_its_classes(tmp_path):
     assert class_of_colour(data, data.train) == [data.classes[int(y)] for y in data.train.y]
 
 
-def test_an_image_folder_takes_the_size_of_its_first_image_and_grey_stays_one_channel(tmp_path):
+def test_an_image_folder_of_small_images_trains_at_their_median_shorter_side_and_grey_stays_one_channel(tmp_path):
     root = tmp_path / "grey"
     for split in ("train", "val"):  # val/ stands in for test/
         for cls, level in (("dark", 30), ("light", 220)):
@@ -110,6 +114,7 @@ def test_an_image_folder_takes_the_size_of_its_first_image_and_grey_stays_one_ch
                 Image.new("L", size, level).save(root / split / cls / f"{i}.png")
     data = load_dataset(f"imagefolder:{root}")
     assert data.train.x.shape[1:] == (1, 10, 10) and data.test.x.shape == (10, 1, 10, 10)
+    assert data.resolution_note.startswith("training resolution 10 px (the median shorter side")
 
 
 def test_a_zip_of_an_image_folder_loads_like_the_folder(tmp_path):
@@ -131,7 +136,7 @@ def test_decoded_images_are_cached_and_read_back_unchanged(tmp_path, caplog):
         caplog.clear()
         second = load_dataset(name, cache_dir=str(tmp_path / "cache"))
     assert len(decoded_first) == 1 and not [r for r in caplog.records if r.message.startswith("decoding")]
-    assert len(list((tmp_path / "cache" / "data").glob("imagefolder-*.npz"))) == 1
+    assert [p.name.startswith("imagefolder-") for p in (tmp_path / "cache" / "data").iterdir()] == [True]
     assert second.classes == first.classes
     assert torch.equal(second.train.x, first.train.x) and torch.equal(second.test.y, first.test.y)
 
@@ -164,3 +169,116 @@ def test_too_few_images_for_a_validation_split_are_refused_saying_how_many(tmp_p
                 Image.new("RGB", (8, 8), (80 * i, 0, 0)).save(folder / f"{i}.png")
     with pytest.raises(DatasetError, match="12 training images for 3 classes.*at least 5 training images per class"):
         load_dataset(f"imagefolder:{tmp_path / 'few'}", cache_dir=str(tmp_path / "cache"))
+
+
+def write_photo_tree(root, sizes, per_class=6, test_per_class=2):
+    """Photos as a phone or a web scrape leaves them: JPEGs of mixed sizes and orientations.
+    Each class is a colour; a frame of the opposite colour, 1/20 of the shorter side wide,
+    is what an evaluation centre crop cuts away."""
+    rng = np.random.default_rng(1)
+    colours = {"red": (220, 30, 30), "blue": (30, 30, 220)}
+    for split, n in (("train", per_class), ("test", test_per_class)):
+        for cls, colour in colours.items():
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                w, h = sizes[i % len(sizes)]
+                pixels = np.empty((h, w, 3), np.uint8)
+                pixels[:] = colour[::-1]
+                border = max(1, min(w, h) // 20)
+                pixels[border:-border, border:-border] = colour
+                pixels = np.clip(pixels.astype(int) + rng.integers(-20, 20, pixels.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / cls / f"{i}.jpg", quality=90)
+    return root
+
+
+MIXED_SIZES = [(500, 375), (375, 500), (640, 480), (333, 500), (500, 333), (300, 300)]
+
+
+def test_photos_of_mixed_sizes_train_at_a_default_resolution_stated_and_capped(tmp_path):
+    data = load_dataset(f"imagefolder:{write_photo_tree(tmp_path / 'photos', MIXED_SIZES)}")
+    assert data.resolution == 96 and data.train.pixels.shape[1:] == (3, 96, 96)
+    assert data.train.pixels.dtype == torch.uint8 and data.photos
+    assert data.resolution_note == (
+        "training resolution 96 px (the training images' median shorter side is 354 px; "
+        "the default stops at 96 to keep training affordable on a CPU; set --resolution)"
+    )
+    # Evaluation view: shorter side to 96/0.875, centre crop 96: the frame is cut away.
+    raw = data.test.pixels.float()
+    red = data.test.y == data.classes.index("red")
+    assert (raw[red, 0] > raw[red, 2] + 100).all() and (raw[~red, 2] > raw[~red, 0] + 100).all()
+
+
+def test_resolution_can_be_chosen_and_small_images_are_resized_not_cropped_by_the_photo_rule(tmp_path):
+    root = write_photo_tree(tmp_path / "photos", MIXED_SIZES)
+    data = load_dataset(f"imagefolder:{root}", resolution=32)
+    assert data.train.pixels.shape[1:] == (3, 32, 32) and not data.photos
+    assert data.resolution_note == "training resolution 32 px (--resolution)"
+    # Shorter side to 32 and a centre crop: the frame is still there at the top and bottom.
+    landscape = data.test.pixels[0].float()
+    assert abs(float(landscape[0, 0, 16] - landscape[0, 16, 16])) > 100
+    digits16 = load_dataset("digits", resolution=16)
+    assert digits16.train.pixels.shape[1:] == (1, 16, 16)
+    assert "the images are 8 px" in digits16.resolution_note
+
+
+def test_split_bytes_are_normalised_a_batch_at_a_time(digits):
+    pixels = digits.train.pixels[:5].float() / 255.0
+    expected = (pixels - digits.mean[0]) / digits.std[0]
+    assert torch.allclose(digits.train.batch(slice(0, 5)), expected, atol=1e-6)
+    assert torch.allclose(digits.train.batch(torch.tensor([3, 1])), expected[[3, 1]], atol=1e-6)
+    floats = Split(expected, digits.train.y[:5])  # already normalised: given back as it is
+    assert torch.equal(floats.batch(slice(None)), expected)
+
+
+MEMORY_PROBE = """
+import resource, sys
+from search.data import load_dataset
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+data = load_dataset(sys.argv[1], cache_dir=sys.argv[2], resolution=32)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(len(data.train) + len(data.val) + len(data.test), (after - before) // 1024)
+"""
+
+
+def test_large_photos_decode_in_bounded_memory(tmp_path):
+    """120 photos of 2000 x 1500 are 1.1 GB of pixels at full size; decoded at a reduced
+    JPEG scale, one at a time, into a memory-mapped cache, loading them costs a few MB."""
+    root = write_photo_tree(tmp_path / "big", [(2000, 1500), (1500, 2000)], per_class=50, test_per_class=10)
+    result = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, f"imagefolder:{root}", str(tmp_path / "cache")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    n_images, grown_mb = map(int, result.stdout.split())
+    assert n_images == 120
+    assert grown_mb < 100, f"loading grew the peak memory by {grown_mb} MB"
+
+
+def write_corrupt_jpeg(path):
+    good = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 200, 10)).save(good, format="JPEG")
+    path.write_bytes(good.getvalue()[: len(good.getvalue()) // 3])  # a download cut short
+
+
+def test_an_unreadable_image_stops_the_load_naming_it_unless_skipped(tmp_path, caplog):
+    root = write_image_tree(tmp_path / "tree")
+    write_corrupt_jpeg(root / "train" / "red" / "broken.jpg")
+    (root / "train" / "blue" / "notes.jpg").write_text("not an image at all")
+    with pytest.raises(DatasetError, match=r"cannot read train/blue/notes.jpg .*pass --skip-bad-images"):
+        load_dataset(f"imagefolder:{root}", cache_dir=str(tmp_path / "cache"))
+    assert not list((tmp_path / "cache" / "data").glob("imagefolder-*"))  # nothing half-written
+    data = load_dataset(f"imagefolder:{root}", cache_dir=str(tmp_path / "cache"), skip_bad_images=True)
+    assert data.skipped == ("train/blue/notes.jpg", "train/red/broken.jpg")
+    assert len(data.train) + len(data.val) == 15  # the good ones
+
+
+def test_the_proxy_subset_is_class_balanced_and_fixed_by_the_seed():
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 4)
+    subset = balanced_subset(labels, 30, seed=0)
+    assert torch.bincount(labels[subset]).tolist() == [13, 13, 4]  # class 2 has only 4: the others share its turns
+    assert torch.equal(subset, balanced_subset(labels, 30, seed=0))
+    assert not torch.equal(subset, balanced_subset(labels, 30, seed=1))
+    assert torch.equal(subset, torch.sort(subset).values) and len(set(subset.tolist())) == 30
+    assert torch.equal(balanced_subset(labels, 0, seed=0), torch.arange(84))
+    even = balanced_subset(torch.arange(1000) % 10, 100, seed=3)
+    assert torch.bincount((torch.arange(1000) % 10)[even]).tolist() == [10] * 10

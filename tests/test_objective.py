@@ -111,6 +111,7 @@ def _run_fixed(ctx, number: int, **params):
 
 def _context(tmp_path, digits, teacher, target=None, **config):
     from search.study.config import StudyConfig
+    from search.stages.teacher import teacher_logits
     from search.study.objective import TrialContext
     from search.progress import SearchProgress
     from spaces import get_space
@@ -119,7 +120,8 @@ def _context(tmp_path, digits, teacher, target=None, **config):
     plan = TimingPlan(warmup_runs=2, warmup_seconds=0, min_runs=10, min_seconds=0)
     store = Store(f"sqlite:///{tmp_path}/trial.db")
     target = target or get_target("host")
-    return TrialContext(config, get_space("tiny"), digits, teacher, target,
+    logits = teacher_logits(teacher, digits.train)
+    return TrialContext(config, get_space("tiny"), digits, digits.train, logits, target,
                         LocalMeasurer(target, plan), store, SearchProgress())
 
 

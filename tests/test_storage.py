@@ -102,7 +102,7 @@ def test_planning_a_new_study_writes_nothing(tmp_path, url, monkeypatch):
 def test_a_created_study_stores_its_config_and_a_second_plan_joins_it(url):
     study, _ = new_study(url, epochs=2.0)
     stored = study_config(study)
-    assert stored == StudyConfig(epochs=2.0, space="compact")  # auto resolved for 8 px images
+    assert stored == StudyConfig(epochs=2.0, space="compact", resolution=8)  # auto resolved for 8 px images
     assert study.metric_names == list(attrs.METRIC_NAMES)
     joined = plan_study("s1", url, {"epochs": 2.0})
     assert joined.exists and joined.config == stored
@@ -139,7 +139,7 @@ def test_study_summaries_count_the_trials_of_each_study_by_state(tmp_path):
     assert sorted(by_name) == ["a", "b", "c"]
     assert [by_name["a"].counts[state] for state in ("COMPLETE", "FAIL", "PRUNED")] == [2, 1, 0]
     assert [by_name["c"].counts[state] for state in ("COMPLETE", "FAIL")] == [1, 0]
-    assert StudyConfig.from_json(by_name["b"].config) == StudyConfig(seed=1, space="compact")
+    assert StudyConfig.from_json(by_name["b"].config) == StudyConfig(seed=1, space="compact", resolution=8)
     only = study_summaries(urls["c"], "c", tmp_path)
     assert [(s.name, s.url, s.counts["COMPLETE"]) for s in only] == [("c", urls["c"], 1)]
 

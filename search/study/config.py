@@ -40,6 +40,15 @@ class StudyConfig:
         "auto", "search space: auto (compact up to 16 px, mbv3 above; resolved when the study is created), "
         "compact, mbv3, tiny", metavar="NAME",
     )
+    resolution: int = _setting(
+        0, "training and deployment resolution in pixels; images are resized on the shorter side and "
+        "centre-cropped (0: the images' own, for a folder their median shorter side up to 96; resolved when the "
+        "study is created)",
+    )
+    train_subset: int = _setting(
+        0, "proxy training images per trial: a fixed class-balanced subset of the training split, drawn by "
+        "--seed (0: all); finalize trains on all of them",
+    )
     target: str = _setting(
         "host", "hardware profile: host, arm, x86, cuda, or one in studies/targets.toml", metavar="NAME"
     )
@@ -62,6 +71,8 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         rules = [
+            ("resolution", self.resolution >= 0, ">= 0"),
+            ("train_subset", self.train_subset >= 0, ">= 0"),
             ("epochs", self.epochs > 0, "> 0"),
             ("finetune_epochs", self.finetune_epochs >= 0, ">= 0"),
             ("prune_steps", self.prune_steps >= 1, ">= 1"),

@@ -21,7 +21,7 @@ import torch
 import spaces
 from spaces import Candidate, MobileNetV3Space, build_model
 
-from ..data import Dataset
+from ..data import Dataset, Split
 from ..progress import SearchProgress
 from ..stages import StageFailed
 from ..stages.cost import count_cost
@@ -30,7 +30,6 @@ from ..stages.export import check_parity, export_onnx
 from ..stages.measure import Measurer
 from ..stages.prune import prune
 from ..stages.quantize import quantize
-from ..stages.teacher import Teacher
 from ..stages.train import TrainConfig, accuracy, fit, predict_logits
 from ..targets import Target
 from . import attrs
@@ -50,7 +49,8 @@ class TrialContext:
     config: StudyConfig
     space: MobileNetV3Space
     data: Dataset
-    teacher: Teacher
+    train: Split  # the images trials train on (the proxy's subset), where training runs
+    train_logits: torch.Tensor  # the teacher's, one row per image of ``train``
     target: Target
     measurer: Measurer  # usually a CachedMeasurer around the local or the board's
     store: Store
@@ -106,8 +106,8 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, candidate: Candidate) -> t
     """Cost, train, prune, export, quantize, evaluate and measure the candidate."""
     cfg, data, comp = ctx.config, ctx.data, candidate.compression
     torch.manual_seed(cfg.seed * 100_003 + trial.number)
-    example = data.train.x[:1]
-    calibration = _calibration_samples(data, cfg.calib_samples, cfg.seed)
+    example = data.val.batch(slice(0, 1))
+    calibration = _calibration_samples(ctx.train, cfg.calib_samples, cfg.seed)
     metadata = {"dataset": data.name, "classes": ",".join(data.classes), "mean": _csv(data.mean), "std": _csv(data.std)}
 
     with _stage(trial, ctx, "cost"):
@@ -116,10 +116,10 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, candidate: Candidate) -> t
         if cfg.max_latency_ms is not None or cfg.max_size_kb is not None:
             _reject_if_over_budget(trial, ctx, candidate, example, calibration, metadata)
 
-    teacher_logits = ctx.teacher.train_logits
+    teacher_logits = ctx.train_logits
     with _stage(trial, ctx, "train"):
         train_cfg = _train_config(cfg, cfg.epochs, trial.number)
-        loss = fit(model, data.train, train_cfg, teacher_logits, on_progress=ctx.progress.fraction)
+        loss = fit(model, ctx.train, train_cfg, teacher_logits, on_progress=ctx.progress.steps)
         trial.set_user_attr(attrs.TRAIN_LOSS, loss)
 
     with _stage(trial, ctx, "prune"):
@@ -128,19 +128,20 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, candidate: Candidate) -> t
 
             def finetune(m, step):
                 if per_step > 0:
-                    fit(m, data.train, _train_config(cfg, per_step, trial.number), teacher_logits)
+                    config = _train_config(cfg, per_step, trial.number)
+                    fit(m, ctx.train, config, teacher_logits, on_progress=ctx.progress.steps)
 
-            bn_data = data.train.x[:BN_SAMPLES]
+            bn_data = ctx.train.batch(slice(0, BN_SAMPLES)).cpu()
             prune(model, comp.prune_ratio, comp.channel_round, example, cfg.prune_steps, bn_data, finetune)
         cost = count_cost(model, data.in_chs, data.resolution)
         trial.set_user_attr(attrs.ARCH, str(model.spec))
         trial.set_user_attr(attrs.PARAMS, cost.params)
         trial.set_user_attr(attrs.MACS, cost.macs)
-        trial.set_user_attr(attrs.ACCURACY_TORCH, accuracy(predict_logits(model, data.val.x), data.val.y))
+        trial.set_user_attr(attrs.ACCURACY_TORCH, accuracy(predict_logits(model, data.val), data.val.y))
 
     with _stage(trial, ctx, "export"):
         fp32 = _export(model, example, metadata)
-        trial.set_user_attr(attrs.PARITY_MAX_DIFF, check_parity(fp32, model, data.val.x[:64]))
+        trial.set_user_attr(attrs.PARITY_MAX_DIFF, check_parity(fp32, model, data.val.batch(slice(0, 64))))
         trial.set_user_attr(attrs.SIZE_BYTES_FP32, len(fp32))
 
     with _stage(trial, ctx, "quantize"):
@@ -203,10 +204,10 @@ def _quantize(fp32: bytes, comp, calibration: np.ndarray, target: Target) -> byt
     )
 
 
-def _calibration_samples(data: Dataset, n: int, seed: int) -> np.ndarray:
+def _calibration_samples(images: Split, n: int, seed: int) -> np.ndarray:
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(data.train), generator=g)[: min(n, len(data.train))]
-    return data.train.x[idx].numpy()
+    idx = torch.randperm(len(images), generator=g)[: min(n, len(images))]
+    return images.batch(idx.to(images.pixels.device)).cpu().numpy()
 
 
 def _record_constraints(trial: optuna.Trial, cfg: StudyConfig, latency_ms: float | None, size_kb: float) -> None:

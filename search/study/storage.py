@@ -270,9 +270,10 @@ def existing_study(study: str, storage: str | None) -> StudyPlan:
 
 
 def open_study(plan: StudyPlan, resolution: int) -> tuple[optuna.Study, Store]:
-    """Create the planned study (storing its configuration, the search space resolved for
-    the data's ``resolution``) or load it; with the store of its ONNX files and latencies."""
-    config = plan.config
+    """Create the planned study (storing its configuration, with the data's ``resolution``
+    and the search space resolved for it) or load it; with the store of its ONNX files and
+    latencies."""
+    config = replace(plan.config, resolution=resolution)
     if config.space == "auto":
         config = replace(config, space="compact" if resolution <= 16 else "mbv3")
     storage = open_storage(plan.url)
