@@ -4,7 +4,8 @@
     python nas.py --budget 50 --target host          search (the default command)
     python nas.py report --study digits-host         rebuild a study's plot, CSV and files
     python nas.py status                             studies, trial counts, fronts
-    python nas.py export --study digits-host --trial 12 --out model.onnx
+    python nas.py finalize --study digits-host --front   the front trained in full; proxy vs final
+    python nas.py export --study digits-host --trial 12 --out model.onnx [--final]
     python nas.py teacher --dataset cifar10 --data-dir DATA [--weights resnet18.pt]
     python nas.py agent --port 8470 --token SECRET   on the board: measure for the search
 
@@ -21,7 +22,7 @@ from dataclasses import fields
 
 from search.study.config import StudyConfig, option_name
 
-COMMANDS = ("search", "report", "status", "export", "teacher", "agent")
+COMMANDS = ("search", "report", "status", "export", "finalize", "teacher", "agent")
 EXIT_USAGE = 2
 
 
@@ -43,6 +44,25 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="leave out images that cannot be decoded, and list them (default: stop at the first, naming it)",
     )
+
+
+def _add_machine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", metavar="HOST:PORT", help="measure latency on the board agent at HOST:PORT (see 'nas.py agent')")
+    p.add_argument("--token", metavar="SECRET", default=os.environ.get("EDGENAS_TOKEN"), help="the agent's token (default: $EDGENAS_TOKEN)")
+    p.add_argument(
+        "--train-device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="where this worker trains: auto takes a CUDA GPU when there is one (mixed precision, data on the GPU); "
+        "latency is always measured on the target (default: %(default)s)",
+    )
+
+
+def _trial_numbers(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(n) for n in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of trial numbers, e.g. 3,7,12") from None
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -79,15 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Rerunning the same command resumes: --budget counts complete trials of the study, earlier runs included.",
     )
     s.add_argument("--budget", type=int, default=50, metavar="N", help="complete trials the study should end with (default: %(default)s)")
-    s.add_argument("--device", metavar="HOST:PORT", help="measure latency on the board agent at HOST:PORT (see 'nas.py agent')")
-    s.add_argument("--token", metavar="SECRET", default=os.environ.get("EDGENAS_TOKEN"), help="the agent's token (default: $EDGENAS_TOKEN)")
-    s.add_argument(
-        "--train-device",
-        default="auto",
-        choices=("auto", "cpu", "cuda"),
-        help="where this worker trains: auto takes a CUDA GPU when there is one (mixed precision, data on the GPU); "
-        "latency is always measured on the target (default: %(default)s)",
-    )
+    _add_machine_args(s)
     _add_study_args(s)
     _add_data_args(s)
     _add_config_args(s)
@@ -105,7 +117,30 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--study", metavar="NAME", required=True)
     e.add_argument("--storage", metavar="URL", help="as for search")
     e.add_argument("--trial", type=int, required=True, metavar="N")
-    e.add_argument("--out", metavar="PATH", help="output file (default: trial-N.onnx)")
+    e.add_argument("--out", metavar="PATH", help="output file (default: trial-N.onnx, trial-N-final.onnx with --final)")
+    e.add_argument("--final", action="store_true", help="the file 'nas.py finalize' made of the trial's candidate")
+
+    f = sub.add_parser(
+        "finalize",
+        help="train chosen candidates at full budget, ship them, and measure how well the proxy ranked them",
+        description="Train the chosen trials' candidates again on the whole training split (distilled from the "
+        "study's teacher, with the study's settings), prune, export, quantize and measure them as the search did, "
+        "and store each result in the study. Ends with a table of proxy vs final accuracy and their Kendall tau. "
+        "Rerunning resumes: finalized trials are skipped, a killed training continues from its last epoch.",
+    )
+    f.add_argument("--study", metavar="NAME", required=True)
+    f.add_argument("--storage", metavar="URL", help="as for search")
+    chosen = f.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--front", action="store_true", help="the study's Pareto front")
+    chosen.add_argument("--trials", type=_trial_numbers, metavar="N,N,...", help="these complete trials, e.g. 3,7,12")
+    f.add_argument(
+        "--epochs",
+        type=int,
+        metavar="E",
+        help="training epochs on the whole training split (default: the fewest giving 5x the proxy's epochs x images)",
+    )
+    _add_machine_args(f)
+    _add_data_args(f)
 
     t = sub.add_parser("teacher", help="train a data set's teacher, or install one from a state dict")
     t.add_argument("--dataset", default="digits", metavar="NAME", help="as for search (default: %(default)s)")

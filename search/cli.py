@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import time
 from pathlib import Path
 
 from .data import DatasetError
-from .progress import SearchProgress
+from .progress import SearchProgress, StepRun, TrialClock, step_text, trial_text
 from .study import attrs
 from .study.config import STUDIES_DIR, ConfigError, config_keys, study_dir
 from .study.storage import SearchError
@@ -17,47 +19,76 @@ USAGE_ERRORS = (ConfigError, DatasetError, TargetError)
 RUN_ERRORS = (SearchError,)
 
 
+REDRAW_SECONDS = 0.25  # steps() comes after every batch, hundreds a second on a GPU: redraw at most 4 times a second
+# Work outside trials that nobody announced with stage(None, ...) is the teacher's:
+# `nas.py teacher` hands the teacher module progress.steps alone.
+UNANNOUNCED_WORK = "teacher"
+# What a pass over images is, under a label whose work also trains: the teacher reports its
+# training and then its validation pass through one callback.
+PASS_NAMES = {"teacher": "validation"}
+WORK_BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining}"
+
+
 class TerminalProgress(SearchProgress):
-    """A tqdm bar of complete trials, with the current trial's stage beside it."""
+    """A tqdm bar of complete trials, with the running trial's stage, its epoch and batch,
+    and when the trial should end; work outside trials (the teacher's) on a bar of its own,
+    gone from the terminal once the work is done."""
 
     def __init__(self) -> None:
         from tqdm import tqdm
 
         self._tqdm = tqdm
-        self.bar = None
+        self.bar = None  # the search's: complete trials of the budget
+        self.work_bar = None  # the running work outside trials
         self.trial = None
-        self.stage_name = ""
-        self._shown = -1
+        self.stage_name = UNANNOUNCED_WORK
+        self.clock = TrialClock()
+        self._trial_stages: list[str] = []  # those the running trial entered, in order
+        self._stage_started = 0.0
+        self._run: StepRun | None = None
+        self._drawn_at = -math.inf
 
     def message(self, text: str) -> None:
         self._tqdm.write(text, file=sys.stderr)
 
     def start(self, n_complete: int, budget: int) -> None:
+        self._close_work_bar()
         self._close_bar()
         self.bar = self._tqdm(total=budget, initial=n_complete, unit="trial", desc="search", file=sys.stderr, dynamic_ncols=True)
 
-    def stage(self, trial_number: int, stage: str) -> None:
-        self.trial, self.stage_name, self._shown = trial_number, stage, -1
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"trial {trial_number}: {stage}")
+    def stage(self, trial_number: int | None, stage: str) -> None:
+        self._close_work_bar()
+        if trial_number != self.trial:
+            self._trial_stages = []
+        self.trial, self.stage_name, self._run = trial_number, stage, None
+        self._stage_started = time.monotonic()
+        if trial_number is not None:
+            self._trial_stages.append(stage)
+            self._draw_trial(self._stage_started)
 
-    def fraction(self, done: float) -> None:
-        percent = int(done * 100)
-        if percent // 5 == self._shown // 5:
-            return
-        self._shown = percent
-        if self.bar is None:  # before the trial loop: the teacher is training
-            self.bar = self._tqdm(total=100, desc="teacher", unit="%", file=sys.stderr, dynamic_ncols=True)
-        if self.bar.desc == "teacher":
-            self.bar.n = percent
-            self.bar.refresh()
+    def steps(self, done: int, total: int, per_epoch: int) -> None:
+        now = time.monotonic()
+        if self._run is not None and self._run.continues(done, total, per_epoch):
+            self._run.advance(done, now)
         else:
-            self.bar.set_postfix_str(f"trial {self.trial}: {self.stage_name} {percent}%", refresh=False)
+            self._run = StepRun(done, total, per_epoch, now)
+            if self.trial is None:
+                self._open_work_bar()
+        if self.trial is None and self._run.finished:
+            self._close_work_bar()  # before whatever prints next: no half-drawn bar left behind
+        elif now - self._drawn_at < REDRAW_SECONDS:
+            return
+        elif self.trial is None:
+            self._draw_work(now)
+        else:
+            self._draw_trial(now)
 
     def trial_finished(self, trial, n_complete: int) -> None:
         from optuna.trial import TrialState
 
         ua = trial.user_attrs
+        self.clock.learn(self._trial_stages if trial.number == self.trial else [], ua)
+        self._trial_stages = []
         if attrs.REPEAT_OF in ua:
             self.message(f"trial {trial.number} is the candidate of trial {ua[attrs.REPEAT_OF]}: not trained again")
         elif trial.state == TrialState.FAIL:
@@ -67,10 +98,46 @@ class TerminalProgress(SearchProgress):
             self.message(f"trial {trial.number} rejected {ua.get(attrs.REJECTED, '')}")
         if self.bar is not None:
             self.bar.n = n_complete
-            self.bar.refresh()
+            self.bar.set_postfix_str("")  # the trial's stage and estimate no longer hold
 
     def close(self) -> None:
+        self._close_work_bar()
         self._close_bar()
+        self.trial, self.stage_name, self._run = None, UNANNOUNCED_WORK, None
+
+    def _draw_trial(self, now: float) -> None:
+        if self.bar is None:
+            return
+        self._drawn_at = now
+        run = self._run
+        # Within a trial only training runs report steps (train, and prune's fine-tunes).
+        steps = step_text(run.done, run.total, run.per_epoch) if run else None
+        estimate = self.clock.remaining(self.stage_name, now - self._stage_started, run.seconds_left() if run else None)
+        self.bar.set_postfix_str(trial_text(self.trial, self.stage_name, steps, estimate))
+
+    def _work_text(self) -> str:
+        run, label = self._run, self.stage_name
+        if run.total > run.per_epoch:
+            return f"{label}: train {step_text(run.done, run.total, run.per_epoch)}"
+        name = PASS_NAMES.get(label)
+        return f"{label}: {name + ' ' if name else ''}{step_text(run.done, run.total, run.per_epoch, epochs=False)}"
+
+    def _open_work_bar(self) -> None:
+        self._close_work_bar()
+        self.work_bar = self._tqdm(
+            total=self._run.total, initial=self._run.done, desc=self._work_text(), leave=False, file=sys.stderr,
+            dynamic_ncols=True, bar_format=WORK_BAR_FORMAT,
+        )
+
+    def _draw_work(self, now: float) -> None:
+        self._drawn_at = now
+        self.work_bar.n = self._run.done
+        self.work_bar.set_description_str(self._work_text())  # refreshes: tqdm's ETA from n and its clock
+
+    def _close_work_bar(self) -> None:
+        if self.work_bar is not None:
+            self.work_bar.close()
+            self.work_bar = None
 
     def _close_bar(self) -> None:
         if self.bar is not None:
@@ -102,6 +169,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         device=args.device,
         token=args.token,
+        train_device=args.train_device,
+        skip_bad_images=args.skip_bad_images,
     )
     report = run_search(request, TerminalProgress())
     _print_outputs(report, study_dir(report.study))
@@ -111,7 +180,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .runner import report_study
 
-    report = report_study(args.study, args.storage, args.data_dir, args.cache_dir)
+    report = report_study(args.study, args.storage, args.data_dir, args.cache_dir, args.skip_bad_images)
     _print_outputs(report, study_dir(report.study))
     return 0
 
@@ -135,11 +204,37 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .study.storage import deployed_model
 
-    data, ua = deployed_model(args.study, args.storage, args.trial)
-    out = Path(args.out or f"trial-{args.trial}.onnx")
+    data, ua = deployed_model(args.study, args.storage, args.trial, final=args.final)
+    out = Path(args.out or f"trial-{args.trial}{'-final' if args.final else ''}.onnx")
     out.write_bytes(data)
     print(f"wrote {out} ({len(data) / 1024:.1f} KB): {ua.get(attrs.ARCH)} [{ua.get(attrs.COMPRESSION)}], "
           f"val accuracy {ua.get(attrs.ACCURACY):.4f}, p50 {ua.get(attrs.LATENCY_P50):.3f} ms")
+    return 0
+
+
+def cmd_finalize(args: argparse.Namespace) -> int:
+    from .finalize import FinalizeRequest, run_finalize
+    from .report.front import format_finalized
+
+    request = FinalizeRequest(
+        study=args.study,
+        trials=None if args.front else args.trials,
+        epochs=args.epochs,
+        storage=args.storage,
+        data_dir=args.data_dir,
+        cache_dir=args.cache_dir,
+        device=args.device,
+        token=args.token,
+        train_device=args.train_device,
+        skip_bad_images=args.skip_bad_images,
+    )
+    result = run_finalize(request, TerminalProgress())
+    print(f"finalized trials of study {result.study}:")
+    print(format_finalized(result.points))
+    if result.failed:
+        print(f"could not finalize trials {', '.join(map(str, result.failed))}: see the messages above", file=sys.stderr)
+        return 1
+    print(f"write a file out with: python nas.py export --study {result.study} --final --trial N")
     return 0
 
 
@@ -147,17 +242,18 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .stages.teacher import import_teacher, load_or_train_teacher, teacher_path
 
-    data = load_dataset(args.dataset, args.data_dir, args.cache_dir)
+    data = load_dataset(args.dataset, args.data_dir, args.cache_dir, args.resolution, args.skip_bad_images)
+    progress = TerminalProgress()
     if args.weights:
         if not Path(args.weights).is_file():
             raise ConfigError(f"--weights {args.weights} is not a file")
         try:
-            teacher = import_teacher(data, args.weights, args.cache_dir)
+            teacher = import_teacher(data, args.weights, args.cache_dir, on_progress=progress.steps)
         except ValueError as e:
             raise ConfigError(str(e)) from None
     else:
         if teacher_path(data, args.cache_dir).exists():
             print(f"teacher for {data.name} already cached at {teacher_path(data, args.cache_dir)}")
-        teacher = load_or_train_teacher(data, args.cache_dir, args.epochs, on_progress=TerminalProgress().fraction)
+        teacher = load_or_train_teacher(data, args.cache_dir, args.epochs, on_progress=progress.steps)
     print(f"teacher for {data.name}: {teacher.source}, validation accuracy {teacher.val_accuracy:.4f}, at {teacher.path}")
     return 0

@@ -16,13 +16,13 @@ from spaces import get_space
 from .data import Dataset, balanced_subset, check_dataset_name, load_dataset
 from .progress import SearchProgress
 from .report.draw import write_outputs
-from .report.front import Report, build_report
+from .report.front import Report, build_report, finalized_points
 from .stages.evaluate import onnx_accuracy
 from .stages.measure import CachedMeasurer, Measurer, make_measurer
 from .stages.teacher import Teacher, load_or_train_teacher, teacher_logits
 from .stages.train import train_device
 from .study import attrs
-from .study.config import ConfigError, study_dir
+from .study.config import ConfigError, StudyConfig, study_dir
 from .study.loop import count_complete, run_trials
 from .study.objective import StudyObjective, TrialContext
 from .study.storage import SearchError, Store, StudyPlan, TrialStartLock, existing_study, open_study, plan_study, study_config
@@ -60,44 +60,44 @@ def prepare(request: SearchRequest) -> Prepared:
     if request.budget < 1:
         raise ConfigError(f"--budget must be >= 1 complete trials, got {request.budget}")
     plan = plan_study(request.study, request.storage, request.explicit)
-    check_dataset_name(plan.config.dataset, request.data_dir)
+    return check_plan(plan, request.data_dir, request.device, request.token, request.train_device)
+
+
+def check_plan(plan: StudyPlan, data_dir: str | None, device: str | None, token: str | None, training_on: str) -> Prepared:
+    """Check what a planned study needs of this machine: its data set, search space,
+    target (the board agent included) and training device. Writes nothing."""
+    check_dataset_name(plan.config.dataset, data_dir)
     if plan.config.space != "auto":
         try:
             get_space(plan.config.space)
         except ValueError as e:
             raise ConfigError(f"--space: {e}") from None
-    target = get_target(plan.config.target, request.device)
+    target = get_target(plan.config.target, device)
     try:
-        train_device(request.train_device)
+        train_device(training_on)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return Prepared(plan, target, make_measurer(target, request.token))
+    return Prepared(plan, target, make_measurer(target, token))
 
 
 def run_search(request: SearchRequest, progress: SearchProgress = SearchProgress()) -> Report:
     p = prepare(request)
     config = p.plan.config
     data = load_dataset(config.dataset, request.data_dir, request.cache_dir, config.resolution, request.skip_bad_images)
-    _announce_data(data, progress)
+    announce_data(data, progress)
     study, store = open_study(p.plan, data.resolution)
     config = study_config(study)
     progress.message(f"study {p.plan.name}: {count_complete(study)} of {request.budget} trials complete; storage {p.plan.url}")
     progress.message(f"target {p.target.describe()}")
 
-    progress.stage(None, "teacher")
-    teacher = load_or_train_teacher(
-        data, request.cache_dir, config.teacher_epochs or None, config.seed, on_progress=progress.steps
-    )
-    progress.message(f"teacher: ResNet-18 {teacher.source}, validation accuracy {teacher.val_accuracy:.4f}")
-    check_teacher(teacher, data)
+    teacher = study_teacher(data, request.cache_dir, config, progress)
     device = train_device(request.train_device)
     proxy = data.train.take(balanced_subset(data.train.y, config.train_subset, config.seed))
     if len(proxy) < len(data.train):
         progress.message(f"proxy training on {len(proxy)} of {len(data.train)} training images (class-balanced, --train-subset)")
     progress.stage(None, "teacher logits")
     logits = teacher_logits(teacher, proxy, on_progress=progress.steps)
-    if device.type != "cpu":
-        progress.message(f"training on {device} (mixed precision); latency is still measured on the target")
+    announce_device(device, progress)
     measurer = CachedMeasurer(p.measurer, store)
     ctx = TrialContext(
         config, get_space(config.space), data, proxy.to(device), logits, p.target, measurer, store, progress
@@ -110,7 +110,7 @@ def run_search(request: SearchRequest, progress: SearchProgress = SearchProgress
     return finish(study, data, store, study_dir(p.plan.name), p.target.name)
 
 
-def _announce_data(data: Dataset, progress: SearchProgress) -> None:
+def announce_data(data: Dataset, progress: SearchProgress) -> None:
     progress.message(
         f"data {data.name}: {len(data.train)} training, {len(data.val)} validation, {len(data.test)} test images "
         f"of {data.num_classes} classes; {data.resolution_note}"
@@ -118,6 +118,20 @@ def _announce_data(data: Dataset, progress: SearchProgress) -> None:
     if data.skipped:
         shown = ", ".join(data.skipped[:5]) + (f" and {len(data.skipped) - 5} more" if len(data.skipped) > 5 else "")
         progress.message(f"skipped {len(data.skipped)} unreadable images (--skip-bad-images): {shown}")
+
+
+def announce_device(device, progress: SearchProgress) -> None:
+    if device.type != "cpu":
+        progress.message(f"training on {device} (mixed precision); latency is still measured on the target")
+
+
+def study_teacher(data: Dataset, cache_dir: str, config: StudyConfig, progress: SearchProgress) -> Teacher:
+    """The data set's teacher, trained first if it is not cached, and checked to know more than chance."""
+    progress.stage(None, "teacher")
+    teacher = load_or_train_teacher(data, cache_dir, config.teacher_epochs or None, config.seed, on_progress=progress.steps)
+    progress.message(f"teacher: ResNet-18 {teacher.source}, validation accuracy {teacher.val_accuracy:.4f}")
+    check_teacher(teacher, data)
+    return teacher
 
 
 def check_teacher(teacher: Teacher, data: Dataset) -> None:
@@ -131,7 +145,7 @@ def check_teacher(teacher: Teacher, data: Dataset) -> None:
 
 
 def finish(study: optuna.Study, data: Dataset, store: Store, out_dir: Path, target_name: str) -> Report:
-    """Test accuracy of the front members (the only use of the test split), then the outputs."""
+    """Test accuracy of the front members (the search's only use of the test split), then the outputs."""
     trials = study.get_trials(deepcopy=False)
     report = build_report(study.study_name, data.name, target_name, trials, {})
     tested = {int(k): v for k, v in study.user_attrs.get(attrs.STUDY_TEST_ACCURACY, {}).items()}
@@ -142,7 +156,7 @@ def finish(study: optuna.Study, data: Dataset, store: Store, out_dir: Path, targ
             tested[p.number] = onnx_accuracy(model, data.test)
     if missing:
         study.set_user_attr(attrs.STUDY_TEST_ACCURACY, {str(k): v for k, v in sorted(tested.items())})
-    report = build_report(study.study_name, data.name, target_name, trials, tested)
+    report = build_report(study.study_name, data.name, target_name, trials, tested, finalized_points(study.user_attrs))
     write_outputs(report, out_dir, store.get_model)
     return report
 

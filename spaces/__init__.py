@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from .arch import ArchSpec, BlockSpec, parse_arch
 from .build import MobileNetV3Like, arch_of, build_model
-from .compression import CALIB_METHODS, QUANT_MODES, CompressionSpec, sample_compression
+from .compression import CALIB_METHODS, QUANT_MODES, CompressionSpec, parse_compression, sample_compression
 from .mobilenetv3 import (
     MOBILENET_V3_LARGE,
     MOBILENET_V3_SMALL,
@@ -48,6 +48,7 @@ __all__ = [
     "build_model",
     "get_space",
     "parse_arch",
+    "parse_compression",
     "sample_arch",
     "sample_compression",
     "stride_schedule",

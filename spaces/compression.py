@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -34,6 +35,22 @@ class CompressionSpec:
     def __str__(self) -> str:
         quant = self.quant + (f"/{self.calib_method}" if self.calib_method else "")
         return f"prune{self.prune_ratio:g}_round{self.channel_round}_{quant}"
+
+
+_SPEC_STRING = re.compile(r"prune(?P<ratio>[0-9.e+-]+)_round(?P<round>[0-9]+)_(?P<quant>[a-z0-9-]+)(?:/(?P<calib>[a-z]+))?")
+
+
+def parse_compression(text: str) -> CompressionSpec:
+    """The spec that prints as ``text`` (``parse_compression(str(spec)) == spec``); raises
+    ``ValueError`` saying what is wrong."""
+    m = _SPEC_STRING.fullmatch(text)
+    if m is None:
+        raise ValueError(f"compression string {text!r} is not of the form prune<ratio>_round<N>_<quant>[/<calibration>]")
+    try:
+        ratio = float(m["ratio"])
+    except ValueError:
+        raise ValueError(f"compression string {text!r}: prune ratio {m['ratio']!r} is not a number") from None
+    return CompressionSpec(ratio, int(m["round"]), m["quant"], m["calib"])
 
 
 def sample_compression(

@@ -7,14 +7,19 @@ import os
 import re
 import subprocess
 import sys
+import time
 from dataclasses import fields
 
 import pytest
+import torch
 from optuna.trial import TrialState, create_trial
 
 import nas
 from conftest import ROOT
+from search import cli
 from search.cli import TerminalProgress
+from search.data import Split
+from search.stages.train import TrainConfig, fit, predict_logits
 from search.study import attrs
 from search.study.config import StudyConfig, option_name
 from test_front import complete, numbered
@@ -42,36 +47,108 @@ def test_a_trial_not_trained_to_the_end_prints_one_line_saying_why(capsys, state
 def test_a_complete_trial_moves_the_bar_and_prints_nothing_else(capsys):
     progress = TerminalProgress()
     progress.start(n_complete=2, budget=5)
+    progress.stage(0, "measure")
     capsys.readouterr()
     (trial,) = numbered([complete(0.9, 1.0, 30.0)])
     progress.trial_finished(trial, n_complete=3)
     assert (progress.bar.n, progress.bar.total) == (3, 5)
+    assert progress.bar.postfix == ""  # the finished trial's stage is not left standing
     assert "trial 0" not in capsys.readouterr().err
     progress.close()
     assert progress.bar is None
 
 
-def test_a_training_run_s_progress_shows_in_steps_of_five_percent(capsys):
-    progress = TerminalProgress()
-    progress.fraction(0.5)  # before the trial loop: the teacher's bar
-    assert (progress.bar.desc, progress.bar.n) == ("teacher", 50)
-    progress.fraction(0.53)
-    assert progress.bar.n == 50
-    progress.fraction(0.55)
-    assert progress.bar.n == 55
+def _toy_split(n: int = 64) -> Split:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 1, 8, 8, generator=g)
+    return Split(x, (x.mean((1, 2, 3)) > 0).long())
 
-    progress.start(n_complete=0, budget=4)
-    progress.stage(3, "train")
-    assert progress.bar.postfix == "trial 3: train"
-    progress.fraction(0.40)
-    assert progress.bar.postfix == "trial 3: train 40%"
-    progress.fraction(0.44)
-    assert progress.bar.postfix == "trial 3: train 40%"
-    progress.stage(3, "prune")  # a new stage starts its own count, even within the last step
-    progress.fraction(0.41)
-    assert progress.bar.postfix == "trial 3: prune 41%"
+
+def _toy_model() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+
+
+THREE_EPOCHS_OF_FOUR = TrainConfig(epochs=3, batch_size=16)  # on _toy_split: 4 batches an epoch, 12 steps
+
+
+@pytest.fixture()
+def every_step_drawn(monkeypatch):
+    """Draw at every step: a toy run is over before the first redraw would be due."""
+    monkeypatch.setattr(cli, "REDRAW_SECONDS", 0.0)
+
+
+def test_the_teacher_s_work_shows_on_a_bar_of_its_own_gone_before_the_search_bar(capsys, every_step_drawn):
+    progress = TerminalProgress()
+    progress.stage(None, "teacher")
+    fit(_toy_model(), _toy_split(), THREE_EPOCHS_OF_FOUR, on_progress=progress.steps)
+    predict_logits(_toy_model(), _toy_split(), batch_size=16, on_progress=progress.steps)
+    progress.stage(None, "teacher logits")
+    predict_logits(_toy_model(), _toy_split(), batch_size=16, on_progress=progress.steps)
+    assert progress.work_bar is None
+    progress.start(n_complete=0, budget=2)
     progress.close()
-    capsys.readouterr()
+    err = capsys.readouterr().err
+    # tqdm's time left follows the text: elapsed<remaining.
+    assert re.search(r"teacher: train epoch 2/3 batch 1/4 +\d+%\|.*\| \d\d:\d\d<\d\d:\d\d", err)
+    assert "teacher: validation batch 2/4" in err
+    assert "teacher logits: batch 2/4" in err
+    # Each bar is blanked out when its work ends: no line of it is left before the search bar.
+    before_search = err[: err.index("search:")]
+    assert "\n" not in before_search
+    assert before_search.rstrip("\r").rsplit("\r", 1)[-1].strip() == ""
+
+
+def test_installing_a_teacher_shows_its_validation_pass(tmp_path, capsys):
+    from search.stages.teacher import build_teacher
+
+    weights = tmp_path / "resnet18.pt"
+    torch.save(build_teacher(1, 10).state_dict(), weights)
+    assert nas.main(["teacher", "--dataset", "digits", "--weights", str(weights), "--cache-dir", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "teacher: validation batch 1/1" in captured.err  # digits' 287 validation images: one batch
+    assert captured.out.startswith("teacher for digits: imported from")
+
+
+def test_a_trial_s_training_shows_epoch_batch_and_when_the_trial_ends(capsys, every_step_drawn):
+    progress = TerminalProgress()
+    progress.start(n_complete=0, budget=2)
+    progress.stage(0, "cost")
+    progress.stage(0, "train")
+    fit(_toy_model(), _toy_split(), THREE_EPOCHS_OF_FOUR, on_progress=progress.steps)
+    for stage in ("prune", "export"):
+        progress.stage(0, stage)
+    timings = {attrs.SECONDS_PREFIX + s: t for s, t in {"cost": 1, "train": 9, "prune": 60, "export": 5}.items()}
+    (trial,) = numbered([complete(0.9, 1.0, 30.0, **timings)])
+    progress.trial_finished(trial, n_complete=1)
+    progress.stage(1, "cost")
+    progress.stage(1, "train")
+    fit(_toy_model(), _toy_split(), THREE_EPOCHS_OF_FOUR, on_progress=progress.steps)
+    progress.close()
+    err = capsys.readouterr().err
+    # The first trial knows nothing of the stages after training: it estimates the training alone.
+    assert re.search(r"trial 0: train epoch 1/3 batch 2/4, train ends in ~0:\d\d", err)
+    assert "trial ends" not in err.split("trial 1:")[0]
+    # The second adds the prune and export stages the first took (60 s + 5 s) to its own run's end.
+    assert re.search(r"trial 1: train epoch 2/3 batch 1/4, trial ends in ~1:0[56]", err)
+    assert "trial 1: train epoch 3/3 batch 4/4, trial ends in ~1:05" in err
+    assert "trial 1: cost, trial ends in ~1:15" in err  # its own training not begun: the first's 9 s
+
+
+def test_steps_redraw_a_few_times_a_second_however_many_come(capsys):
+    progress = TerminalProgress()
+    progress.stage(None, "teacher logits")
+    started = time.monotonic()
+    for done in range(1, 20_001):
+        progress.steps(done, 20_000, 20_000)
+    progress.start(n_complete=0, budget=1)
+    progress.stage(0, "train")
+    for done in range(1, 20_001):
+        progress.steps(done, 20_000, 200)
+    elapsed = time.monotonic() - started
+    progress.close()
+    err = capsys.readouterr().err
+    most = 2 * (2 + elapsed / cli.REDRAW_SECONDS)  # each loop: its first step, then one per interval
+    assert err.count("teacher logits: batch") + err.count("trial 0: train epoch") <= most
 
 
 @pytest.fixture(scope="module")

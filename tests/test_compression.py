@@ -3,7 +3,7 @@
 import optuna
 import pytest
 
-from spaces import CALIB_METHODS, QUANT_MODES, CompressionSpec, sample_compression
+from spaces import CALIB_METHODS, QUANT_MODES, CompressionSpec, parse_compression, sample_compression
 from search.targets import BUILTIN_TARGETS
 
 
@@ -63,3 +63,36 @@ def test_a_target_without_int8_static_never_samples_a_calibration():
     sampled = _sampled(10, ("fp32", "fp16"), (8,), (0.0, 0.2))
     assert {s.quant for s, _ in sampled} == {"fp32", "fp16"}
     assert all(params == {"prune_ratio", "channel_round", "quant"} for _, params in sampled)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        CompressionSpec(),
+        CompressionSpec(0.3, 8, "int8-static", "entropy"),
+        CompressionSpec(0.5, 4, "int8-dynamic"),
+        CompressionSpec(0.125, 16, "fp16"),
+        CompressionSpec(0.7, 1, "int8-static", "percentile"),
+    ],
+    ids=str,
+)
+def test_the_string_parses_back_to_the_spec(spec):
+    assert parse_compression(str(spec)) == spec
+    assert str(parse_compression(str(spec))) == str(spec)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "is not of the form prune<ratio>_round<N>_<quant>"),
+        ("prune0.3_int8-dynamic", "is not of the form"),
+        ("prune0.3_round8_int8-static/entropy/x", "is not of the form"),
+        ("prune0..3_round8_fp32", "prune ratio '0..3' is not a number"),
+        ("prune0.9_round8_fp32", r"prune ratio must be in \[0, 0.7\]"),
+        ("prune0.3_round8_int8-static", "calibration method is given exactly when"),
+        ("prune0.3_round8_int4", "quantization must be one of"),
+    ],
+)
+def test_a_bad_string_is_refused_saying_why(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_compression(text)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -55,6 +56,94 @@ class TrialPoint:
     test_accuracy: float | None  # test split, front members only
     accuracy_on_target: float | None  # validation split on the board's kernels (agent only)
     measured_on: str
+    # The deployed file of the candidate trained at full budget (``nas.py finalize``), if it was.
+    final_accuracy: float | None = None
+    final_accuracy_test: float | None = None
+    final_p50_ms: float | None = None
+    final_kb: float | None = None
+
+
+@dataclass(frozen=True)
+class FinalizedPoint:
+    """A trial's candidate trained at full budget, beside what its proxy training gave."""
+
+    number: int
+    epochs: int
+    proxy_accuracy: float  # validation split, the trial's own file
+    accuracy: float  # validation split, the finalized file
+    accuracy_test: float
+    latency_ms: float  # median
+    size_kb: float
+
+    @property
+    def gain(self) -> float:
+        return self.accuracy - self.proxy_accuracy
+
+
+def finalized_points(study_user_attrs: Mapping) -> list[FinalizedPoint]:
+    """Every finalized trial of a study, by trial number."""
+    points = []
+    for key, record in study_user_attrs.items():
+        if key.startswith(attrs.FINALIZED_PREFIX):
+            points.append(
+                FinalizedPoint(
+                    number=int(key[len(attrs.FINALIZED_PREFIX) :]),
+                    epochs=record[attrs.FINAL_EPOCHS],
+                    proxy_accuracy=record[attrs.PROXY_ACCURACY],
+                    accuracy=record[attrs.ACCURACY],
+                    accuracy_test=record[attrs.ACCURACY_TEST],
+                    latency_ms=record[attrs.LATENCY_P50],
+                    size_kb=record[attrs.SIZE_BYTES] / 1024.0,
+                )
+            )
+    return sorted(points, key=lambda p: p.number)
+
+
+@dataclass(frozen=True)
+class RankAgreement:
+    """Kendall's tau between the proxy's validation accuracy and the finalized one: how far
+    the search's ranking of candidates holds at full budget."""
+
+    tau: float | None  # None below two trials, or when one ranking is all ties
+    p_value: float | None
+    trials: tuple[int, ...]
+
+
+def rank_agreement(points: Sequence[FinalizedPoint]) -> RankAgreement:
+    from scipy.stats import kendalltau
+
+    trials = tuple(p.number for p in points)
+    proxy, final = [p.proxy_accuracy for p in points], [p.accuracy for p in points]
+    if len(points) < 2 or len(set(proxy)) < 2 or len(set(final)) < 2:  # scipy would warn and answer NaN
+        return RankAgreement(None, None, trials)
+    result = kendalltau(proxy, final)
+    return RankAgreement(float(result.statistic), float(result.pvalue), trials)
+
+
+def format_finalized(points: Sequence[FinalizedPoint]) -> str:
+    """The finalized trials as a terminal table, and the rank agreement below it."""
+    header = ["trial", "epochs", "proxy val", "final val", "final test", "gain", "p50 ms", "KB"]
+    rows = [
+        [
+            str(p.number), str(p.epochs), f"{p.proxy_accuracy:.4f}", f"{p.accuracy:.4f}", f"{p.accuracy_test:.4f}",
+            f"{p.gain:+.4f}", f"{p.latency_ms:.3f}", f"{p.size_kb:.1f}",
+        ]
+        for p in points
+    ]
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    agreement = rank_agreement(points)
+    if agreement.tau is None:
+        lines.append("Kendall tau between proxy and final validation accuracy: needs two trials of distinct accuracies")
+    else:
+        lines.append(
+            f"Kendall tau between proxy and final validation accuracy: {agreement.tau:.3f} over {len(points)} trials "
+            f"(p = {agreement.p_value:.2g})"
+        )
+    if len({p.epochs for p in points}) > 1:
+        lines.append("note: the trials were finalized with different epochs")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -67,6 +156,7 @@ class Report:
     points: tuple[TrialPoint, ...]
     n_failed: int
     n_rejected: int
+    finalized: tuple[FinalizedPoint, ...] = ()
 
     @property
     def front(self) -> list[TrialPoint]:
@@ -89,7 +179,12 @@ def provenance(measured_on: dict) -> str:
 
 
 def build_report(
-    study_name: str, dataset: str, target: str, trials: list[FrozenTrial], test_accuracy: dict[int, float]
+    study_name: str,
+    dataset: str,
+    target: str,
+    trials: list[FrozenTrial],
+    test_accuracy: dict[int, float],
+    finalized: Sequence[FinalizedPoint] = (),
 ) -> Report:
     # A repeat is the same candidate as an earlier trial, with its values: shown once.
     complete = [
@@ -102,9 +197,11 @@ def build_report(
     idx = [i for i, ok in enumerate(feasible) if ok]
     if idx:
         on_front[idx] = pareto_mask(values[idx], attrs.DIRECTIONS)
+    final = {f.number: f for f in finalized}
     points = []
     for t, ok, front in zip(complete, feasible, on_front):
         ua = t.user_attrs
+        f = final.get(t.number)
         points.append(
             TrialPoint(
                 number=t.number,
@@ -122,6 +219,10 @@ def build_report(
                 test_accuracy=test_accuracy.get(t.number),
                 accuracy_on_target=ua.get(attrs.ACCURACY_ON_TARGET),
                 measured_on=provenance(ua.get(attrs.MEASURED_ON, {})),
+                final_accuracy=f.accuracy if f else None,
+                final_accuracy_test=f.accuracy_test if f else None,
+                final_p50_ms=f.latency_ms if f else None,
+                final_kb=f.size_kb if f else None,
             )
         )
     sources = sorted({p.measured_on for p in points})
@@ -134,6 +235,7 @@ def build_report(
         points=tuple(points),
         n_failed=sum(t.state == TrialState.FAIL for t in trials),
         n_rejected=sum(t.state == TrialState.PRUNED for t in trials),
+        finalized=tuple(finalized),
     )
 
 
@@ -173,6 +275,8 @@ def format_table(report: Report) -> str:
             f"note: on the board's kernels trials {', '.join(map(str, drifted))} differ from this machine's "
             f"accuracy by more than {100 * BOARD_ACCURACY_GAP:g} point"
         )
+    if report.finalized:
+        lines += ["", f"Finalized (trained at full budget): {len(report.finalized)} trials", format_finalized(report.finalized)]
     return "\n".join(lines)
 
 

@@ -2,8 +2,9 @@
 
 Each stage is a plain function of plain values (a module, bytes of ONNX, a split of the
 data, a dataclass of statistics): it can be tested, timed and replaced alone. Only
-``search.study.objective`` chains them, and only it sees an Optuna trial. Sampling is
-the first stage and lives with the search spaces (``spaces.sample_arch``).
+``search.study.objective`` chains them (``search.finalize`` through its steps), and only
+it sees an Optuna trial. Sampling is the first stage and lives with the search spaces
+(``spaces.sample_arch``).
 """
 
 

@@ -16,6 +16,7 @@ import contextlib
 import math
 from dataclasses import dataclass
 from functools import partial
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -134,19 +135,33 @@ def _one_cycle(step: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+class Checkpoint(Protocol):
+    """Where :func:`fit` keeps its state between runs, so that a run killed midway continues."""
+
+    def load(self) -> dict | None:
+        """The state saved last, or None to train from the start."""
+
+    def save(self, state: dict) -> None:
+        """Keep ``state`` (tensors and numbers) until the next save. Its tensors are the live
+        ones, which training goes on changing: write them out or copy them."""
+
+
 def fit(
     model: nn.Module,
     data: Split,
     config: TrainConfig,
     teacher_logits: torch.Tensor | None = None,
     on_progress=None,
+    checkpoint: Checkpoint | None = None,
 ) -> float:
     """Train ``model`` in place; return the mean loss of the last epoch.
 
     With ``teacher_logits`` (one row per training sample) the loss is
     :func:`distillation_loss`, else cross-entropy. ``on_progress(step, total_steps,
-    steps_per_epoch)`` is called after every step. Raises :class:`TrainingDiverged` on a
-    non-finite loss.
+    steps_per_epoch)`` is called after every step. With a ``checkpoint``, training starts
+    from the state it holds, and saves its state at the end of every epoch: a resumed run
+    takes the steps an uninterrupted one would have taken. Raises
+    :class:`TrainingDiverged` on a non-finite loss.
     """
     # Denormal floats (gradients of tiny magnitude, common after a few steps at a high
     # learning rate) take a slow path on x86 CPUs: a ResNet-18 step on 72 px photos went
@@ -168,8 +183,11 @@ def fit(
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_one_cycle, total_steps=total_steps))
+    step, loss_of_epoch = 0, 0.0
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        step, loss_of_epoch = _resume(saved, total_steps, model, optimizer, schedule, generator, device)
     model.train()
-    step, epoch_losses = 0, []
     while step < total_steps:
         order = torch.randperm(n, generator=generator)
         epoch_losses = []
@@ -199,9 +217,46 @@ def fit(
             epoch_losses.append(loss.detach())
             if on_progress is not None:
                 on_progress(step, total_steps, steps_per_epoch)
+        loss_of_epoch = float(torch.stack(epoch_losses).mean()) if epoch_losses else 0.0
+        if checkpoint is not None:
+            state = _training_state(model, optimizer, schedule, generator, device, step, total_steps, loss_of_epoch)
+            checkpoint.save(state)
     model.eval()
     model.cpu()
-    return float(torch.stack(epoch_losses).mean()) if epoch_losses else 0.0
+    return loss_of_epoch
+
+
+def _training_state(model, optimizer, schedule, generator, device, step: int, total_steps: int, loss: float) -> dict:
+    """All that the steps still to come depend on: the weights, the optimizer's moments,
+    where the schedule is, and the random streams (the batch order's and augmentation's
+    generator; the global one, which dropout draws from)."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "step": step,
+        "total_steps": total_steps,
+        "loss": loss,
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _resume(state: dict, total_steps: int, model, optimizer, schedule, generator, device) -> tuple[int, float]:
+    """Load a :func:`_training_state`; return its step and the loss of its last epoch."""
+    if state["total_steps"] != total_steps:  # another schedule: its steps cannot continue this one
+        raise ValueError(f"the checkpoint is of a run of {state['total_steps']} steps, not {total_steps}")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+    return state["step"], state["loss"]
 
 
 def _mixed_precision(device: torch.device):

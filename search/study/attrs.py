@@ -39,6 +39,21 @@ REPEAT_OF = "repeat_of"  # the number of an earlier trial with the same candidat
 STUDY_CONFIG = "config"
 STUDY_TEST_ACCURACY = "test_accuracy"  # {trial number: test accuracy}, front members only
 STUDY_WORKERS_JOINED = "workers_joined"  # how many workers have run the trial loop: seeds each one's sampler
+# finalized:<trial number>: one per finalized trial (``nas.py finalize``), so that runs
+# finalizing other trials never overwrite each other's. A dict: ARCH, COMPRESSION, PARAMS,
+# MACS, SIZE_BYTES, ACCURACY, ACCURACY_BEFORE_QUANT, (ACCURACY_ON_TARGET), LATENCY_P50,
+# LATENCY_P90, MEASURED_ON, ONNX_SHA256, as a trial's, and the keys below.
+FINALIZED_PREFIX = "finalized:"
+FINALIZE_KENDALL_TAU = "finalize_kendall_tau"  # {"tau", "p_value", "trials"}: proxy vs final validation accuracy
+
+# Keys of a finalized trial's dict, besides the trial attributes' names above.
+FINAL_EPOCHS = "epochs"
+FINAL_IMAGES = "images"  # training images, each seen FINAL_EPOCHS times
+ACCURACY_TEST = "accuracy_test"  # test split, deployed ONNX file under ONNX Runtime
+PROXY_ACCURACY = "proxy_accuracy"  # the trial's own validation accuracy: what the search ranked on
+TRAIN_SECONDS = "train_seconds"  # training and fine-tune, across resumed runs
+RESUMED_FROM_STEP = "resumed_from_step"  # the training step a killed run's checkpoint had reached (0: none)
+TEACHER = "teacher"  # {"path", "source"} of the teacher distilled from
 
 # Objectives, in order.
 METRIC_NAMES = ("accuracy", "latency_ms", "size_kb")

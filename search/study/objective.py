@@ -5,12 +5,17 @@ loop only starts, tells and labels trials); each stage (``search.stages``) is a 
 function of plain values, chained here. A stage that fails raises
 ``StageFailed``, which the loop records as a failed trial (with the stage and the
 reason) before going on.
+
+The steps that turn a candidate into a deployed file (:func:`train_config`,
+:func:`prune_and_finetune`, :func:`export_fp32`, :func:`quantize_for`, ...) are public:
+``search.finalize`` takes a chosen candidate through the same ones at full budget.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -19,7 +24,7 @@ import optuna
 import torch
 
 import spaces
-from spaces import Candidate, MobileNetV3Space, build_model
+from spaces import Candidate, CompressionSpec, MobileNetV3Like, MobileNetV3Space, build_model
 
 from ..data import Dataset, Split
 from ..progress import SearchProgress
@@ -30,7 +35,7 @@ from ..stages.export import check_parity, export_onnx
 from ..stages.measure import Measurer
 from ..stages.prune import prune
 from ..stages.quantize import quantize
-from ..stages.train import TrainConfig, accuracy, fit, predict_logits
+from ..stages.train import Checkpoint, TrainConfig, accuracy, fit, predict_logits
 from ..targets import Target
 from . import attrs
 from .config import StudyConfig
@@ -105,10 +110,10 @@ def sample_trial(trial: optuna.Trial, ctx: TrialContext) -> Candidate:
 def run_trial(trial: optuna.Trial, ctx: TrialContext, candidate: Candidate) -> tuple[float, float, float]:
     """Cost, train, prune, export, quantize, evaluate and measure the candidate."""
     cfg, data, comp = ctx.config, ctx.data, candidate.compression
-    torch.manual_seed(cfg.seed * 100_003 + trial.number)
+    torch.manual_seed(trial_seed(cfg, trial.number))
     example = data.val.batch(slice(0, 1))
-    calibration = _calibration_samples(ctx.train, cfg.calib_samples, cfg.seed)
-    metadata = {"dataset": data.name, "classes": ",".join(data.classes), "mean": _csv(data.mean), "std": _csv(data.std)}
+    calibration = calibration_samples(ctx.train, cfg.calib_samples, cfg.seed)
+    metadata = file_metadata(data)
 
     with _stage(trial, ctx, "cost"):
         model = build_model(candidate.arch)
@@ -116,23 +121,15 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, candidate: Candidate) -> t
         if cfg.max_latency_ms is not None or cfg.max_size_kb is not None:
             _reject_if_over_budget(trial, ctx, candidate, example, calibration, metadata)
 
-    teacher_logits = ctx.train_logits
     with _stage(trial, ctx, "train"):
-        train_cfg = _train_config(cfg, cfg.epochs, trial.number)
-        loss = fit(model, ctx.train, train_cfg, teacher_logits, on_progress=ctx.progress.steps)
+        train_cfg = train_config(cfg, cfg.epochs, trial.number)
+        loss = fit(model, ctx.train, train_cfg, ctx.train_logits, on_progress=ctx.progress.steps)
         trial.set_user_attr(attrs.TRAIN_LOSS, loss)
 
     with _stage(trial, ctx, "prune"):
-        if comp.prune_ratio > 0:
-            per_step = cfg.finetune_epochs / cfg.prune_steps
-
-            def finetune(m, step):
-                if per_step > 0:
-                    config = _train_config(cfg, per_step, trial.number)
-                    fit(m, ctx.train, config, teacher_logits, on_progress=ctx.progress.steps)
-
-            bn_data = ctx.train.batch(slice(0, BN_SAMPLES)).cpu()
-            prune(model, comp.prune_ratio, comp.channel_round, example, cfg.prune_steps, bn_data, finetune)
+        prune_and_finetune(
+            model, comp, cfg, ctx.train, ctx.train_logits, cfg.finetune_epochs, trial.number, example, ctx.progress.steps
+        )
         cost = count_cost(model, data.in_chs, data.resolution)
         trial.set_user_attr(attrs.ARCH, str(model.spec))
         trial.set_user_attr(attrs.PARAMS, cost.params)
@@ -140,12 +137,12 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, candidate: Candidate) -> t
         trial.set_user_attr(attrs.ACCURACY_TORCH, accuracy(predict_logits(model, data.val), data.val.y))
 
     with _stage(trial, ctx, "export"):
-        fp32 = _export(model, example, metadata)
+        fp32 = export_fp32(model, example, metadata)
         trial.set_user_attr(attrs.PARITY_MAX_DIFF, check_parity(fp32, model, data.val.batch(slice(0, 64))))
         trial.set_user_attr(attrs.SIZE_BYTES_FP32, len(fp32))
 
     with _stage(trial, ctx, "quantize"):
-        deployed = _quantize(fp32, comp, calibration, ctx.target)
+        deployed = quantize_for(fp32, comp, calibration, ctx.target)
 
     with _stage(trial, ctx, "evaluate"):
         acc = onnx_accuracy(deployed, data.val)
@@ -163,9 +160,7 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, candidate: Candidate) -> t
         trial.set_user_attr(attrs.LATENCY_CACHED, m.cached)
         trial.set_user_attr(attrs.MEASURED_ON, m.measured_on)
         if ctx.measurer.runs_elsewhere:
-            # int8 kernels differ between machines: check the accuracy on the target's own.
-            logits = ctx.measurer.run(deployed, data.val.x.numpy())
-            trial.set_user_attr(attrs.ACCURACY_ON_TARGET, float((logits.argmax(1) == data.val.y.numpy()).mean()))
+            trial.set_user_attr(attrs.ACCURACY_ON_TARGET, accuracy_on_target(ctx.measurer, deployed, data.val))
 
     size_kb = len(deployed) / 1024.0
     broken = _broken_limits(cfg, size_kb, m.stats.p50_ms)
@@ -175,24 +170,63 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, candidate: Candidate) -> t
     return acc, m.stats.p50_ms, size_kb
 
 
-def _train_config(cfg: StudyConfig, epochs: float, trial_number: int) -> TrainConfig:
+def trial_seed(cfg: StudyConfig, trial_number: int) -> int:
+    """Seeds a trial's initial weights and its training: distinct for every trial of a study."""
+    return cfg.seed * 100_003 + trial_number
+
+
+def train_config(cfg: StudyConfig, epochs: float, trial_number: int) -> TrainConfig:
     return TrainConfig(
         epochs=epochs,
         lr=cfg.lr,
         batch_size=cfg.batch_size,
         alpha=cfg.alpha,
         temperature=cfg.temperature,
-        seed=cfg.seed * 100_003 + trial_number,
+        seed=trial_seed(cfg, trial_number),
     )
 
 
-def _export(model: torch.nn.Module, example: torch.Tensor, metadata: dict) -> bytes:
+def prune_and_finetune(
+    model: MobileNetV3Like,
+    comp: CompressionSpec,
+    cfg: StudyConfig,
+    images: Split,
+    logits: torch.Tensor,
+    finetune_epochs: float,
+    trial_number: int,
+    example: torch.Tensor,
+    on_progress=None,
+    checkpoint_of: Callable[[int], Checkpoint] | None = None,
+) -> None:
+    """The candidate's own pruning, in ``cfg.prune_steps`` steps, each followed by its share
+    of ``finetune_epochs`` of distillation on ``images``; ``checkpoint_of(step)``, if given,
+    keeps each fine-tune's state (see ``fit``)."""
+    if comp.prune_ratio <= 0:
+        return
+    per_step = finetune_epochs / cfg.prune_steps
+
+    def finetune(m, step):
+        if per_step > 0:
+            checkpoint = checkpoint_of(step) if checkpoint_of is not None else None
+            fit(m, images, train_config(cfg, per_step, trial_number), logits, on_progress, checkpoint)
+
+    bn_data = images.batch(slice(0, BN_SAMPLES)).cpu()
+    prune(model, comp.prune_ratio, comp.channel_round, example, cfg.prune_steps, bn_data, finetune)
+
+
+def file_metadata(data: Dataset) -> dict:
+    """What a deployed file says of the data it expects."""
+    return {"dataset": data.name, "classes": ",".join(data.classes), "mean": _csv(data.mean), "std": _csv(data.std)}
+
+
+def export_fp32(model: torch.nn.Module, example: torch.Tensor, metadata: dict) -> bytes:
     """The fp32 file, naming the network it holds: the size probe and the trial export alike,
     so that a size limit checked on the probe holds for the file that ships."""
     return export_onnx(model, example, {**metadata, "arch": str(model.spec)})
 
 
-def _quantize(fp32: bytes, comp, calibration: np.ndarray, target: Target) -> bytes:
+def quantize_for(fp32: bytes, comp: CompressionSpec, calibration: np.ndarray, target: Target) -> bytes:
+    """The file in the candidate's format, with the target's int8 types."""
     return quantize(
         fp32,
         comp.quant,
@@ -204,10 +238,16 @@ def _quantize(fp32: bytes, comp, calibration: np.ndarray, target: Target) -> byt
     )
 
 
-def _calibration_samples(images: Split, n: int, seed: int) -> np.ndarray:
+def calibration_samples(images: Split, n: int, seed: int) -> np.ndarray:
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(images), generator=g)[: min(n, len(images))]
     return images.batch(idx.to(images.pixels.device)).cpu().numpy()
+
+
+def accuracy_on_target(measurer: Measurer, deployed: bytes, split: Split) -> float:
+    """Accuracy on the board's own kernels: int8 kernels differ between machines."""
+    logits = measurer.run(deployed, split.x.numpy())
+    return float((logits.argmax(1) == split.y.numpy()).mean())
 
 
 def _record_constraints(trial: optuna.Trial, cfg: StudyConfig, latency_ms: float | None, size_kb: float) -> None:
@@ -234,7 +274,7 @@ def _reject_if_over_budget(trial, ctx, candidate, example, calibration, metadata
         probe = build_model(candidate.arch)
         prune(probe, comp.prune_ratio, comp.channel_round, example, cfg.prune_steps)
         _like_trained_weights(probe)
-    deployed = _quantize(_export(probe, example, metadata), comp, calibration, ctx.target)
+    deployed = quantize_for(export_fp32(probe, example, metadata), comp, calibration, ctx.target)
     size_kb = len(deployed) / 1024.0
     reasons = _broken_limits(cfg, size_kb, None)
     latency = None

@@ -324,15 +324,25 @@ def study_summaries(storage: str | None, study: str | None, studies_dir: Path) -
     return summaries
 
 
-def deployed_model(study: str, storage: str | None, trial_number: int) -> tuple[bytes, dict]:
-    """The deployed ONNX file of one trial, from the study's database, and the trial's attributes."""
+def deployed_model(study: str, storage: str | None, trial_number: int, final: bool = False) -> tuple[bytes, dict]:
+    """The deployed ONNX file of one trial, from the study's database, and the trial's
+    attributes; with ``final``, the file of its finalized candidate and the finalized record."""
     plan = existing_study(study, storage)
     rdb = open_storage(plan.url)
-    trials = rdb.get_all_trials(rdb.get_study_id_from_name(study), deepcopy=False)
-    trial = next((t for t in trials if t.number == trial_number), None)
-    if trial is None or attrs.ONNX_SHA256 not in trial.user_attrs:
-        raise ConfigError(f"study {study} has no deployed model for trial {trial_number}")
-    data = Store(plan.url).get_model(trial.user_attrs[attrs.ONNX_SHA256])
+    study_id = rdb.get_study_id_from_name(study)
+    if final:
+        record = rdb.get_study_user_attrs(study_id).get(attrs.FINALIZED_PREFIX + str(trial_number))
+        if record is None:
+            raise ConfigError(
+                f"trial {trial_number} of study {study} was not finalized; "
+                f"finalize it with: python nas.py finalize --study {study} --trials {trial_number}"
+            )
+    else:
+        trial = next((t for t in rdb.get_all_trials(study_id, deepcopy=False) if t.number == trial_number), None)
+        record = {} if trial is None else trial.user_attrs
+        if attrs.ONNX_SHA256 not in record:
+            raise ConfigError(f"study {study} has no deployed model for trial {trial_number}")
+    data = Store(plan.url).get_model(record[attrs.ONNX_SHA256])
     if data is None:
         raise SearchError(f"the model of trial {trial_number} is missing from the study's database")
-    return data, trial.user_attrs
+    return data, record
