@@ -176,3 +176,38 @@ def test_a_running_trial_records_its_heartbeat(sqlite_url):
     lock = TrialStartLock(sqlite_url, STUDY)
     loop.run_trials(study, StudyConfig(sampler="random"), 2, HeartbeatReadingObjective(sqlite_url), lock, SearchProgress())
     assert [t.user_attrs["heartbeats_seen"] for t in trials_of(sqlite_url)] == [1, 1]
+
+
+class InterruptedObjective(SleepyObjective):
+    """Ctrl-C strikes the second trial in ``stage``: while its candidate is drawn, or in training."""
+
+    def __init__(self, stage: str):
+        super().__init__(choices=10**9, seconds=0.0)
+        self.stage, self.calls = stage, 0
+
+    def sample(self, trial):
+        x = super().sample(trial)
+        self.calls += 1
+        if self.stage == "sample" and self.calls == 2:
+            raise KeyboardInterrupt
+        return x
+
+    def run(self, trial, x):
+        if self.stage == "run" and self.calls == 2:
+            raise KeyboardInterrupt
+        return super().run(trial, x)
+
+
+@pytest.mark.parametrize("stage", ["sample", "run"])
+def test_ctrl_c_anywhere_in_a_trial_fails_it_rather_than_leaving_it_running(sqlite_url, stage):
+    """A trial left RUNNING by a live-looking worker holds a place in the budget until its
+    heartbeat goes stale; Ctrl-C may strike before training starts (CI once saw it)."""
+    create_study(sqlite_url)
+    study = optuna.load_study(study_name=STUDY, storage=open_storage(sqlite_url))
+    lock = TrialStartLock(sqlite_url, STUDY)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_trials(study, StudyConfig(sampler="random"), 3, InterruptedObjective(stage), lock, SearchProgress())
+    lock.close()
+    trials = trials_of(sqlite_url)
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert trials[1].user_attrs[attrs.FAIL_REASON] == "interrupted"

@@ -185,8 +185,24 @@ def run_trials(
             else:
                 failures.clear()
                 rejections = 0
+    except BaseException as e:  # Ctrl-C, or a bug: this worker's trial failed, the worker stops
+        _fail_own_running_trials(study, "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}")
+        raise
     finally:
         progress.close()
+
+
+def _fail_own_running_trials(study: optuna.Study, reason: str) -> None:
+    """Fail this process's RUNNING trial wherever the interrupt struck: in training, but
+    also while its candidate was sampled or the start lock released, outside ``_run``."""
+    me = worker_id()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get(attrs.WORKER) == me:
+            try:
+                study._storage.set_trial_user_attr(trial._trial_id, attrs.FAIL_REASON, reason.splitlines()[0][:500])
+                study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass
 
 
 def _start_trial(study: optuna.Study, budget: int, objective: Objective):
@@ -230,11 +246,6 @@ def _run(study: optuna.Study, trial: optuna.Trial, objective: Objective, candida
             study.tell(trial, state=TrialState.PRUNED)
         except StageFailed:
             study.tell(trial, state=TrialState.FAIL)
-        except BaseException as e:  # Ctrl-C, or a bug: the trial failed, the worker stops
-            reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
-            trial.set_user_attr(attrs.FAIL_REASON, reason.splitlines()[0][:500])
-            study.tell(trial, state=TrialState.FAIL)
-            raise
         else:
             study.tell(trial, values)
 
