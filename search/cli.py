@@ -51,10 +51,15 @@ class TerminalProgress(SearchProgress):
     def message(self, text: str) -> None:
         self._tqdm.write(text, file=sys.stderr)
 
-    def start(self, n_complete: int, budget: int) -> None:
+    def start(self, n_complete: int, budget: int, label: str = "search") -> None:
         self._close_work_bar()
         self._close_bar()
-        self.bar = self._tqdm(total=budget, initial=n_complete, unit="trial", desc="search", file=sys.stderr, dynamic_ncols=True)
+        self.bar = self._tqdm(total=budget, initial=n_complete, unit="trial", desc=label, file=sys.stderr, dynamic_ncols=True)
+
+    def advance(self, n_done: int) -> None:
+        if self.bar is not None:
+            self.bar.n = n_done
+            self.bar.set_postfix_str("")
 
     def stage(self, trial_number: int | None, stage: str) -> None:
         self._close_work_bar()

@@ -141,11 +141,14 @@ def run_finalize(request: FinalizeRequest, progress: SearchProgress = SearchProg
             checkpoint_dir=study_dir(plan.name) / "finalize",
             progress=progress,
         )
-        progress.start(len(chosen) - len(todo), len(chosen))
+        done = len(chosen) - len(todo)
+        progress.start(done, len(chosen), label="finalize")
         try:
             for trial in todo:
                 try:
                     finalize_trial(trial, ctx)
+                    done += 1
+                    progress.advance(done)
                 except Exception as e:  # one candidate's failure (a diverged training) leaves the others to do
                     failed[trial.number] = f"{type(e).__name__}: {e}".splitlines()[0][:500]
                     log.debug("finalizing trial %d failed", trial.number, exc_info=True)

@@ -17,8 +17,9 @@ from .study import attrs
 class SearchProgress:
     """Does nothing: the engine's default, and what tests use."""
 
-    def start(self, n_complete: int, budget: int) -> None:
-        """The trial loop begins with ``n_complete`` of ``budget`` trials already done."""
+    def start(self, n_complete: int, budget: int, label: str = "search") -> None:
+        """The trial loop (or ``label``'s loop over trials) begins with ``n_complete`` of
+        ``budget`` trials already done."""
 
     def stage(self, trial_number: int | None, stage: str) -> None:
         """Trial ``trial_number`` entered ``stage`` (None: work outside any trial, such as the teacher's)."""
@@ -28,6 +29,10 @@ class SearchProgress:
 
     def trial_finished(self, trial, n_complete: int) -> None:
         """A trial ended (complete, failed or rejected); ``n_complete`` count the study's complete trials."""
+
+    def advance(self, n_done: int) -> None:
+        """Outside the search (finalize): ``n_done`` trials of the loop are done; no trial
+        outcome to tell, and its stage times are not a search trial's."""
 
     def message(self, text: str) -> None:
         """A line for the user."""

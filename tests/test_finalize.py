@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import shutil
 import signal
 import subprocess
@@ -121,6 +122,8 @@ def test_finalized_files_are_stored_and_are_what_their_records_say(finalized, di
         "finalize: 2 epochs on all 1150 training images (the fewest whole epochs giving 5x the proxy's training; "
         "set --epochs): 7.7x the proxy's 1 epochs on 300 images"
     ) in front.stderr
+    # The bar counts finalized trials, under its own name.
+    assert re.search(r"finalize: 100%\|.*\| 3/3", front.stderr) and "search:" not in front.stderr
 
 
 def test_a_second_run_adds_its_trial_and_leaves_the_first_run_s_alone(finalized):
