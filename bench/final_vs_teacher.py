@@ -24,7 +24,7 @@ from search.stages.export import export_onnx
 from search.stages.teacher import load_or_train_teacher
 from search.study import attrs
 from search.study.config import study_dir
-from search.study.storage import Store, open_storage
+from search.study.storage import Store, open_storage, study_config
 
 
 def main() -> None:
@@ -41,8 +41,8 @@ def main() -> None:
     points = finalized_points(study.user_attrs)
     if not points:
         raise SystemExit(f"study {args.study} has no finalized trials: run nas.py finalize --study {args.study} first")
-    config = study.user_attrs[attrs.STUDY_CONFIG]
-    data = load_dataset(config["dataset"], cache_dir=args.cache_dir, resolution=config["resolution"])
+    config = study_config(study)
+    data = load_dataset(config.dataset, cache_dir=args.cache_dir, resolution=config.resolution)
     teacher = load_or_train_teacher(data, args.cache_dir)
     files = {"teacher": export_onnx(teacher.model.eval(), data.val.batch(slice(0, 1)))}
     store = Store(url)
