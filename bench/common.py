@@ -80,6 +80,19 @@ def trained_bench_model(data: Dataset, teacher: Teacher) -> MobileNetV3Like:
     return model.eval()
 
 
+def parse_setting(text: str, keys: dict[str, type], defaults: dict | None = None) -> tuple[str, dict]:
+    """``NAME:KEY=V,KEY=V`` (a benchmark's ``--setting``) as its name and its values over
+    ``defaults``, each converted by its type in ``keys``."""
+    name, _, body = text.partition(":")
+    values = dict(defaults or {})
+    for item in filter(None, body.split(",")):
+        key, _, value = item.partition("=")
+        if key not in keys:
+            raise SystemExit(f"setting {name!r}: unknown key {key!r}; keys: {', '.join(keys)}")
+        values[key] = keys[key](value)
+    return name, values
+
+
 def print_table(title: str, header: list[str], rows: list[list]) -> None:
     cells = [[str(c) for c in r] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(header, *cells)]

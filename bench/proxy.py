@@ -21,7 +21,7 @@ import time
 import optuna
 from scipy.stats import kendalltau
 import torch
-from common import cifar10, cifar_teacher, log, print_json, print_table
+from common import cifar10, cifar_teacher, log, parse_setting, print_json, print_table
 
 from search.data import balanced_subset
 from search.stages.teacher import teacher_logits
@@ -37,17 +37,7 @@ DEFAULT_SETTINGS = [
     "b64-a.7:subset=5000,epochs=3,batch=64,lr=0.01,alpha=0.7",
 ]
 KEYS = {"subset": int, "epochs": float, "batch": int, "lr": float, "alpha": float, "temperature": float}
-
-
-def parse_setting(text: str) -> tuple[str, dict]:
-    name, _, body = text.partition(":")
-    values = {"subset": 5000, "epochs": 3.0, "batch": 128, "lr": 0.01, "alpha": 0.3, "temperature": 4.0}
-    for item in filter(None, body.split(",")):
-        key, _, value = item.partition("=")
-        if key not in KEYS:
-            raise SystemExit(f"setting {name!r}: unknown key {key!r}; keys: {', '.join(KEYS)}")
-        values[key] = KEYS[key](value)
-    return name, values
+DEFAULTS = {"subset": 5000, "epochs": 3.0, "batch": 128, "lr": 0.01, "alpha": 0.3, "temperature": 4.0}
 
 
 def sample_archs(n: int, data) -> list:
@@ -61,7 +51,7 @@ def main() -> None:
     parser.add_argument("--setting", action="append", help="NAME:KEY=V,... (repeatable; default: a built-in grid)")
     parser.add_argument("--reference", help="the setting whose ranking the others are compared with (default: last)")
     args = parser.parse_args()
-    settings = [parse_setting(s) for s in (args.setting or DEFAULT_SETTINGS)]
+    settings = [parse_setting(s, KEYS, DEFAULTS) for s in (args.setting or DEFAULT_SETTINGS)]
     reference = args.reference or settings[-1][0]
 
     data = cifar10()

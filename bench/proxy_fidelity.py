@@ -20,7 +20,7 @@ import time
 
 import optuna
 import torch
-from common import ROOT, log, print_json, print_table
+from common import ROOT, log, parse_setting, print_json, print_table
 from scipy.stats import kendalltau
 
 from search.data import balanced_subset, load_dataset
@@ -46,17 +46,6 @@ KEYS = {"train_subset": int, "epochs": float, "finetune_epochs": float, "batch_s
         "alpha": float, "temperature": float}
 
 
-def parse_setting(text: str) -> tuple[str, dict]:
-    name, _, body = text.partition(":")
-    values = {}
-    for item in filter(None, body.split(",")):
-        key, _, value = item.partition("=")
-        if key not in KEYS:
-            raise SystemExit(f"setting {name!r}: unknown key {key!r}; keys: {', '.join(KEYS)}")
-        values[key] = KEYS[key](value)
-    return name, values
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study", required=True)
@@ -80,7 +69,7 @@ def main() -> None:
     rows = [["study's own", f"{base.train_subset}x{base.epochs:g}", f"{base.finetune_epochs:g}", base.batch_size,
              " ".join(f"{p.proxy_accuracy:.3f}" for p in points), "-", f"{kendalltau([p.proxy_accuracy for p in points], final).statistic:.3f}"]]
     results = {}
-    for name, overrides in map(parse_setting, args.setting):
+    for name, overrides in (parse_setting(s, KEYS) for s in args.setting):
         cfg = dataclasses.replace(base, **overrides)
         images = data.train.take(balanced_subset(data.train.y, cfg.train_subset, cfg.seed))
         logits = teacher_logits(teacher, images)

@@ -95,13 +95,16 @@ def fail_dead_local_trials(study: optuna.Study) -> None:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get(attrs.WORKER) or {}
         if worker.get("host") == host and worker.get("pid") != os.getpid() and not _alive(worker.get("pid")):
-            try:
-                study._storage.set_trial_user_attr(
-                    trial._trial_id, attrs.FAIL_REASON, f"its worker (pid {worker['pid']} on {host}) died"
-                )
-                study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass
+            _fail(study, trial, f"its worker (pid {worker['pid']} on {host}) died")
+
+
+def _fail(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
+    """Fail a RUNNING trial with ``reason``, unless it has finished meanwhile."""
+    try:
+        study._storage.set_trial_user_attr(trial._trial_id, attrs.FAIL_REASON, reason.splitlines()[0][:500])
+        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass
 
 
 def _alive(pid) -> bool:
@@ -198,11 +201,7 @@ def _fail_own_running_trials(study: optuna.Study, reason: str) -> None:
     me = worker_id()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if trial.user_attrs.get(attrs.WORKER) == me:
-            try:
-                study._storage.set_trial_user_attr(trial._trial_id, attrs.FAIL_REASON, reason.splitlines()[0][:500])
-                study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass
+            _fail(study, trial, reason)
 
 
 def _start_trial(study: optuna.Study, budget: int, objective: Objective):
