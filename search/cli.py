@@ -99,6 +99,8 @@ class TerminalProgress(SearchProgress):
         elif trial.state == TrialState.FAIL:
             where = f" in {ua[attrs.FAILED_STAGE]}" if attrs.FAILED_STAGE in ua else ""
             self.message(f"trial {trial.number} failed{where}: {ua.get(attrs.FAIL_REASON, 'no reason recorded')}")
+        elif attrs.EARLY_STOPPED in ua:
+            self.message(f"trial {trial.number} {ua[attrs.EARLY_STOPPED]['reason']}")
         elif trial.state == TrialState.PRUNED:
             self.message(f"trial {trial.number} rejected {ua.get(attrs.REJECTED, '')}")
         if self.bar is not None:
@@ -200,7 +202,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         c = s.counts
         print(
             f"{s.name}: {c['COMPLETE']} complete, {c['FAIL']} failed, {c['PRUNED']} rejected, "
-            f"{c['REPEAT']} repeats, {c['RUNNING']} running  [{s.url}]\n"
+            f"{c['STOPPED']} stopped early, {c['REPEAT']} repeats, {c['RUNNING']} running, {c['WAITING']} waiting  "
+            f"[{s.url}]\n"
             f"  config {s.config}"
         )
     return 0

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+import torch
 
 from spaces import get_space
 
@@ -22,6 +23,7 @@ from .stages.measure import CachedMeasurer, Measurer, make_measurer
 from .stages.teacher import Teacher, load_or_train_teacher, teacher_logits
 from .stages.train import train_device
 from .study import attrs
+from .study.baselines import enqueue_baselines, study_baselines
 from .study.config import ConfigError, StudyConfig, study_dir
 from .study.loop import count_complete, run_trials
 from .study.objective import StudyObjective, TrialContext
@@ -30,6 +32,9 @@ from .targets import Target, get_target
 
 
 CHANCE_MULTIPLE = 1.5  # a teacher below 1.5x chance accuracy has learned nothing to distil
+# Validation images each point of a learning curve is taken on: the split is a random
+# draw, so its first 2,000 are too; on CIFAR-10 all 5,000 would cost 4 points x 2 s a trial.
+CURVE_IMAGES = 2000
 
 
 @dataclass(frozen=True)
@@ -99,15 +104,36 @@ def run_search(request: SearchRequest, progress: SearchProgress = SearchProgress
     logits = teacher_logits(teacher, proxy, on_progress=progress.steps)
     announce_device(device, progress)
     measurer = CachedMeasurer(p.measurer, store)
+    curve_images = data.val.take(torch.arange(min(CURVE_IMAGES, len(data.val))))
     ctx = TrialContext(
-        config, get_space(config.space), data, proxy.to(device), logits, p.target, measurer, store, progress
+        config, get_space(config.space), data, proxy.to(device), curve_images.to(device), logits, p.target,
+        measurer, store, progress,
     )
     start_lock = TrialStartLock(p.plan.url, p.plan.name)
     try:
+        if config.baselines:
+            with start_lock():
+                start_with_baselines(study, ctx, request.budget)
         run_trials(study, config, request.budget, StudyObjective(ctx), start_lock, progress)
     finally:
         start_lock.close()
     return finish(study, data, store, study_dir(p.plan.name), p.target.name)
+
+
+def start_with_baselines(study: optuna.Study, ctx: TrialContext, budget: int) -> None:
+    """Enqueue the baselines into a new study, and say which (see ``study.baselines``)."""
+    data = ctx.data
+    chosen, skipped = study_baselines(ctx.space, ctx.target, data.in_chs, data.resolution, data.num_classes)
+    if not enqueue_baselines(study, ctx.space, chosen, skipped):
+        return
+    ctx.progress.message(f"baselines: {len(chosen)} enqueued first ({', '.join(b.name for b in chosen)})")
+    for name, why in skipped.items():
+        ctx.progress.message(f"baseline {name} skipped: {why}")
+    if budget <= len(chosen):
+        ctx.progress.message(
+            f"--budget {budget} is within the {len(chosen)} baselines: this run trains baselines only "
+            "(a later run with a larger --budget searches; --no-baselines for a study without them)"
+        )
 
 
 def announce_data(data: Dataset, progress: SearchProgress) -> None:

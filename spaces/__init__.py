@@ -6,12 +6,21 @@ from dataclasses import dataclass
 
 from .arch import ArchSpec, BlockSpec, parse_arch
 from .build import MobileNetV3Like, arch_of, build_model
-from .compression import CALIB_METHODS, QUANT_MODES, CompressionSpec, parse_compression, sample_compression
+from .compression import (
+    CALIB_METHODS,
+    QUANT_MODES,
+    CompressionSpec,
+    compression_params,
+    parse_compression,
+    sample_compression,
+)
 from .mobilenetv3 import (
     MOBILENET_V3_LARGE,
     MOBILENET_V3_SMALL,
     SPACES,
     MobileNetV3Space,
+    mobilenet_v3_small,
+    nearest_params,
     sample_arch,
     stride_schedule,
 )
@@ -46,7 +55,10 @@ __all__ = [
     "SPACES",
     "arch_of",
     "build_model",
+    "compression_params",
     "get_space",
+    "mobilenet_v3_small",
+    "nearest_params",
     "parse_arch",
     "parse_compression",
     "sample_arch",

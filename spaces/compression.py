@@ -65,3 +65,11 @@ def sample_compression(
     quant = trial.suggest_categorical("quant", tuple(quant_modes))
     calib = trial.suggest_categorical("calib_method", CALIB_METHODS) if quant == "int8-static" else None
     return CompressionSpec(prune_ratio=prune_ratio, channel_round=channel_round, quant=quant, calib_method=calib)
+
+
+def compression_params(comp: CompressionSpec) -> dict:
+    """The parameters :func:`sample_compression` draws for ``comp`` (to enqueue it)."""
+    params = {"prune_ratio": comp.prune_ratio, "channel_round": comp.channel_round, "quant": comp.quant}
+    if comp.calib_method is not None:
+        params["calib_method"] = comp.calib_method
+    return params

@@ -161,3 +161,72 @@ def sample_arch(
         fc_act="hs",
         num_classes=num_classes,
     )
+
+
+def mobilenet_v3_small(width: float, in_chs: int, resolution: int, num_classes: int) -> ArchSpec:
+    """torchvision's ``mobilenet_v3_small(width_mult=width)`` for inputs of the given
+    shape: every width scaled as torchvision scales it (to a multiple of 8, never more
+    than 10% down; squeeze widths a quarter of the expanded ones; the head conv six
+    times the last block's width), the strides of its four downsampling stages and
+    stem set by :func:`stride_schedule` for the resolution."""
+    ref = MOBILENET_V3_SMALL
+    n_stages = sum(b.stride == 2 for b in ref.blocks)
+    stem_stride, strides = stride_schedule(resolution, n_stages)
+    stem = make_divisible(ref.stem_chs * width)
+    blocks, block_in, stage = [], stem, -1
+    for b in ref.blocks:
+        stage += b.stride == 2
+        expand = make_divisible(b.expand_chs * width) if b.expand_chs is not None else block_in
+        out = make_divisible(b.out_chs * width)
+        blocks.append(
+            BlockSpec(
+                kernel=b.kernel,
+                stride=strides[stage] if b.stride == 2 else 1,
+                out_chs=out,
+                act=b.act,
+                expand_chs=expand if expand != block_in else None,  # torchvision's rule for the 1x1 expansion
+                se_chs=make_divisible(expand // 4) if b.se_chs is not None else None,
+            )
+        )
+        block_in = out
+    return ArchSpec(
+        in_chs=in_chs,
+        stem_chs=stem,
+        stem_stride=stem_stride,
+        stem_act=ref.stem_act,
+        blocks=tuple(blocks),
+        head_chs=6 * block_in,
+        head_act=ref.head_act,
+        fc_chs=make_divisible(ref.fc_chs * width),
+        fc_act=ref.fc_act,
+        num_classes=num_classes,
+    )
+
+
+def nearest_params(space: MobileNetV3Space, arch: ArchSpec) -> dict:
+    """The parameters of the point of ``space`` nearest to ``arch``: where the samplers
+    file a network the space cannot build exactly (a baseline), so that every trial of
+    a study has the same parameters. The blocks are dealt to the space's stages in
+    order, as evenly as possible; each choice is the one nearest to what its blocks have."""
+    n, k = len(arch.blocks), len(space.stages)
+    in_chs = arch.block_in_chs()
+    bounds = [round(i * n / k) for i in range(k + 1)]
+    params = {"stem": _nearest(space.stem_widths, arch.stem_chs)}
+    for i, stage in enumerate(space.stages, start=1):
+        idx = range(bounds[i - 1], max(bounds[i], bounds[i - 1] + 1)) if bounds[i - 1] < n else range(n - 1, n)
+        blocks = [arch.blocks[j] for j in idx]
+        ratios = [(arch.blocks[j].expand_chs or in_chs[j]) / in_chs[j] for j in idx]
+        acts = [b.act for b in blocks if b.act in space.activations] or [space.activations[0]]
+        params[f"s{i}_depth"] = _nearest(stage.depths, len(blocks))
+        params[f"s{i}_width"] = _nearest(stage.widths, blocks[-1].out_chs)
+        params[f"s{i}_kernel"] = _nearest(space.kernels, sorted(b.kernel for b in blocks)[len(blocks) // 2])
+        params[f"s{i}_expand"] = _nearest(space.expand_ratios, sum(ratios) / len(ratios))
+        params[f"s{i}_se"] = 2 * sum(b.se_chs is not None for b in blocks) >= len(blocks)
+        params[f"s{i}_act"] = max(set(acts), key=acts.count)
+    params["fc"] = _nearest(space.fc_widths, arch.fc_chs or 0)
+    params["head"] = _nearest(space.head_widths, arch.head_chs)
+    return params
+
+
+def _nearest(choices, value):
+    return min(choices, key=lambda c: (abs(c - value), c))

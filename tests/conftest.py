@@ -53,7 +53,7 @@ def run_nas(args: list[str], cwd: Path, timeout: float = 300, env: dict | None =
 
 
 # Fast search settings for end-to-end tests: the tiny space, a short proxy training.
-FAST = ["--space", "tiny", "--epochs", "1", "--finetune-epochs", "0.5", "--calib-samples", "32"]
+FAST = ["--space", "tiny", "--epochs", "1", "--finetune-epochs", "0.5", "--calib-samples", "32", "--no-baselines"]
 
 
 @pytest.fixture()

@@ -353,6 +353,7 @@ def _all_trials(cwd: Path, name: str):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{cwd}/studies/{name}/study.db").get_trials()
 
 
+@pytest.mark.slow  # 33 s: a whole study on a perturbed agent; CI runs it
 def test_accuracy_on_target_is_what_the_board_computes(perturbed_agent, tmp_path, cache_dir, digits):
     name = "perturbed"
     url = f"sqlite:///{tmp_path}/studies/{name}/study.db"

@@ -159,11 +159,15 @@ def search_help() -> dict[str, str]:
         env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "1000"},
     )
     assert result.returncode == 0, result.stderr
-    options = {}
+    options, pending = {}, None
     for line in result.stdout.splitlines():
-        found = re.match(r"\s+(?:-\w, )?(--[a-z-]+)(?: [A-Z:]+)?\s+(.*)", line)
+        if pending and line.startswith(" " * 20):  # the help of an option too long to share its line
+            options[pending], pending = line.strip(), None
+            continue
+        found = re.match(r"\s+(?:-\w, )?(--[a-z-]+)(?: [A-Z:]+)?(?:, --no-[a-z-]+)?(?:\s+(.*))?$", line)
         if found:
             options[found.group(1)] = found.group(2)
+            pending = None if found.group(2) else found.group(1)
     return options
 
 
@@ -174,6 +178,8 @@ def test_search_help_shows_each_study_setting_with_its_default(search_help, sett
     shown = re.fullmatch(r".*\(default: ([^()]*)\)", text).group(1)
     if setting.default is None:
         assert shown == "none"
+    elif isinstance(setting.default, bool):
+        assert shown == ("on" if setting.default else "off")
     else:
         assert type(setting.default)(shown) == setting.default
 

@@ -240,6 +240,7 @@ print(len(data.train) + len(data.val) + len(data.test), (after - before) // 1024
 """
 
 
+@pytest.mark.slow  # 32 s: decodes large photos under a memory cap; CI runs it
 def test_large_photos_decode_in_bounded_memory(tmp_path):
     """120 photos of 2000 x 1500 are 1.1 GB of pixels at full size; decoded at a reduced
     JPEG scale, one at a time, into a memory-mapped cache, loading them costs a few MB."""

@@ -63,7 +63,7 @@ def searched(tmp_path_factory, cache_dir):
     # Batches of 32: ten steps an epoch, enough for accuracies above chance, so that the
     # front is a trade-off rather than the latency noise of candidates that learned nothing.
     explicit = {"space": "tiny", "epochs": 1.0, "finetune_epochs": 0.5, "calib_samples": 32, "train_subset": PROXY_IMAGES,
-                "batch_size": BATCH}
+                "batch_size": BATCH, "baselines": False}
     with pytest.MonkeyPatch.context() as m:
         m.chdir(cwd)
         run_search(SearchRequest(budget=4, explicit=explicit, study=STUDY, cache_dir=str(cache_dir)))
@@ -193,6 +193,7 @@ def test_report_and_export_show_the_finalized_files(finalized, monkeypatch, caps
 EPOCHS_TO_KILL = 12  # long enough to be killed mid-training: 108 steps of digits' 1150 images
 
 
+@pytest.mark.slow  # 53 s: a finalize killed and rerun; CI runs it
 def test_a_killed_finalize_resumes_the_trial_it_was_training_and_keeps_the_one_it_finished(
     searched, tmp_path, cache_dir
 ):

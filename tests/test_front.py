@@ -118,7 +118,7 @@ def test_provenance_names_the_machine_and_labels_an_emulated_board():
 
 def test_format_table_lists_the_front_fastest_first():
     lines = format_table(report_of(sample_trials(), test_accuracy={0: 0.93})).splitlines()
-    assert lines[0] == "Pareto front of study s: 4 of 6 complete trials (1 failed, 1 rejected by constraints)"
+    assert lines[0] == "Pareto front of study s: 4 of 6 complete trials (1 failed, 1 rejected by constraints, 0 stopped early)"
     assert lines[2].split() == ["trial", "val", "acc", "test", "acc", "p50", "ms", "p90", "ms", "KB", "params",
                                 "compression"]
     rows = [line.split() for line in lines[3:]]
@@ -142,7 +142,7 @@ def test_a_study_with_nothing_complete_reports_an_empty_front():
     report = report_of(numbered([create_trial(state=TrialState.FAIL)]))
     assert report.points == () and report.front == [] and report.measured_on == "nothing measured yet"
     lines = format_table(report).splitlines()
-    assert lines[0] == "Pareto front of study s: 0 of 0 complete trials (1 failed, 0 rejected by constraints)"
+    assert lines[0] == "Pareto front of study s: 0 of 0 complete trials (1 failed, 0 rejected by constraints, 0 stopped early)"
     assert len(lines) == 3  # the header row, no member rows
 
 

@@ -15,7 +15,7 @@ from search.targets import get_target
 
 
 def _explicit(extra=None):
-    values = {"space": "tiny", "epochs": 1.0, "finetune_epochs": 0.5, "calib_samples": 32}
+    values = {"space": "tiny", "epochs": 1.0, "finetune_epochs": 0.5, "calib_samples": 32, "baselines": False}
     return {**values, **(extra or {})}
 
 
@@ -69,7 +69,7 @@ def test_constraints_reject_candidates_before_training(tmp_path, monkeypatch, ca
 class _CountingMeasurer(LocalMeasurer):
     calls = 0
 
-    def measure(self, onnx_bytes):
+    def measure(self, onnx_bytes, plan=None):
         type(self).calls += 1
         return super().measure(onnx_bytes)
 
@@ -121,7 +121,7 @@ def _context(tmp_path, digits, teacher, target=None, **config):
     store = Store(f"sqlite:///{tmp_path}/trial.db")
     target = target or get_target("host")
     logits = teacher_logits(teacher, digits.train)
-    return TrialContext(config, get_space("tiny"), digits, digits.train, logits, target,
+    return TrialContext(config, get_space("tiny"), digits, digits.train, digits.val, logits, target,
                         LocalMeasurer(target, plan), store, SearchProgress())
 
 
@@ -162,7 +162,7 @@ def test_a_size_limit_holds_for_the_file_that_ships(tmp_path, monkeypatch, digit
     trial, values = _run_fixed(_context(tmp_path, digits, teacher, max_size_kb=size_kb), 1, **candidate)
     assert values[2] == size_kb and trial.user_attrs[attrs.CONSTRAINT_VIOLATION] == [0.0]
     # One byte less, and a probe that let it through: the shipped file is refused all the same.
-    monkeypatch.setattr(objective, "_reject_if_over_budget", lambda *args: None)
+    monkeypatch.setattr(objective.Probe, "cost", lambda self: objective.ProbeCost(0.0, 0.0))
     with pytest.raises(optuna.TrialPruned, match="after training: size 1[0-9]+ B > "):
         _run_fixed(_context(tmp_path, digits, teacher, max_size_kb=size_kb - 1 / 1024), 1, **candidate)
 

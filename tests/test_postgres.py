@@ -40,6 +40,7 @@ def _check_study(url: str, budget: int, n_workers: int) -> list:
     return complete
 
 
+@pytest.mark.slow  # 70 s: three real nas.py workers; CI runs it
 def test_three_workers_started_together_train_distinct_candidates_to_exactly_the_budget(tmp_path, cache_dir, fresh_database):
     _run_workers(tmp_path, cache_dir, fresh_database, ["a", "b", "c"], budget=9)
     complete = _check_study(fresh_database, 9, 3)

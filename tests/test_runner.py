@@ -13,7 +13,7 @@ from search.runner import SearchRequest, run_search
 from search.stages.teacher import build_teacher, import_teacher
 from search.study.storage import SearchError
 
-FAST = {"space": "tiny", "epochs": 1.0, "finetune_epochs": 0.5, "calib_samples": 32}
+FAST = {"space": "tiny", "epochs": 1.0, "finetune_epochs": 0.5, "calib_samples": 32, "baselines": False}
 
 
 def test_a_teacher_near_chance_stops_the_search_before_any_trial(tmp_path, monkeypatch, digits):

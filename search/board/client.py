@@ -72,9 +72,10 @@ class AgentMeasurer:
     def identity(self) -> str:
         return measuring_setup(self.machine)
 
-    def measure(self, onnx_bytes: bytes) -> Measurement:
+    def measure(self, onnx_bytes: bytes, plan: TimingPlan | None = None) -> Measurement:
         self._check_size(len(onnx_bytes))
-        reply = json.loads(self._request("POST", "/measure", {**self._settings(), **asdict(self.plan)}, onnx_bytes))
+        query = {**self._settings(), **asdict(plan or self.plan)}
+        reply = json.loads(self._request("POST", "/measure", query, onnx_bytes))
         stats = LatencyStats.from_dict(reply["stats"])
         return Measurement(stats, {**reply["measured_on"], "via": "agent", "device": self.target.device})
 

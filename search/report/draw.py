@@ -16,7 +16,7 @@ def draw(report: Report, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), constrained_layout=True)
-    others = [p for p in report.points if not p.on_front]
+    others = [p for p in report.points if not p.on_front and not p.baseline]
     front = report.front
     latency_label = "latency p50 (ms, batch 1)" + (" [EMULATED]" if report.emulated else "")
     for ax, key, label in ((axes[0], "latency_ms", latency_label), (axes[1], "size_kb", "ONNX file size (KB)")):
@@ -36,6 +36,22 @@ def draw(report: Report, path: Path) -> None:
             zorder=3,
             label="Pareto front (accuracy, latency, size)",
         )
+        baselines = report.baselines
+        if baselines:
+            ax.scatter(
+                [getattr(p, key) for p in baselines],
+                [p.accuracy for p in baselines],
+                marker="D",
+                facecolors="none",
+                edgecolors="tab:blue",
+                s=44,
+                zorder=4,
+                label="baselines: MobileNetV3-Small (width, fp32 / int8)",
+            )
+            for p in baselines:
+                short = p.baseline.removeprefix("mnv3-small-").replace("int8-static", "int8")
+                ax.annotate(short, (getattr(p, key), p.accuracy), fontsize=6, color="tab:blue",
+                            xytext=(3, -8), textcoords="offset points")
         # A 3-objective front does not read as a curve in two dimensions; the staircase
         # is the front of this view alone: the best accuracy reachable at each x.
         steps = staircase([(getattr(p, key), p.accuracy, p.number) for p in front])

@@ -56,6 +56,7 @@ class TrialPoint:
     test_accuracy: float | None  # test split, front members only
     accuracy_on_target: float | None  # validation split on the board's kernels (agent only)
     measured_on: str
+    baseline: str | None = None  # the name of the hand-designed network this trial is (``study.baselines``)
     # The deployed file of the candidate trained at full budget (``nas.py finalize``), if it was.
     final_accuracy: float | None = None
     final_accuracy_test: float | None = None
@@ -155,12 +156,17 @@ class Report:
     emulated: bool
     points: tuple[TrialPoint, ...]
     n_failed: int
-    n_rejected: int
+    n_rejected: int  # pruned, but not stopped early: by a hard limit (or a repeat set aside)
+    n_stopped: int = 0  # early, as dominated (``study.early_stop``)
     finalized: tuple[FinalizedPoint, ...] = ()
 
     @property
     def front(self) -> list[TrialPoint]:
         return sorted((p for p in self.points if p.on_front), key=lambda p: p.latency_ms)
+
+    @property
+    def baselines(self) -> list[TrialPoint]:
+        return sorted((p for p in self.points if p.baseline), key=lambda p: p.latency_ms)
 
 
 def provenance(measured_on: dict) -> str:
@@ -219,6 +225,7 @@ def build_report(
                 test_accuracy=test_accuracy.get(t.number),
                 accuracy_on_target=ua.get(attrs.ACCURACY_ON_TARGET),
                 measured_on=provenance(ua.get(attrs.MEASURED_ON, {})),
+                baseline=ua.get(attrs.BASELINE),
                 final_accuracy=f.accuracy if f else None,
                 final_accuracy_test=f.accuracy_test if f else None,
                 final_p50_ms=f.latency_ms if f else None,
@@ -234,7 +241,8 @@ def build_report(
         emulated=any(t.user_attrs.get(attrs.MEASURED_ON, {}).get("emulated") for t in complete),
         points=tuple(points),
         n_failed=sum(t.state == TrialState.FAIL for t in trials),
-        n_rejected=sum(t.state == TrialState.PRUNED for t in trials),
+        n_rejected=sum(t.state == TrialState.PRUNED and attrs.EARLY_STOPPED not in t.user_attrs for t in trials),
+        n_stopped=sum(attrs.EARLY_STOPPED in t.user_attrs for t in trials),
         finalized=tuple(finalized),
     )
 
@@ -261,7 +269,7 @@ def format_table(report: Report) -> str:
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     lines = [
         f"Pareto front of study {report.study}: {len(report.front)} of {len(report.points)} complete trials "
-        f"({report.n_failed} failed, {report.n_rejected} rejected by constraints)",
+        f"({report.n_failed} failed, {report.n_rejected} rejected by constraints, {report.n_stopped} stopped early)",
         f"latency measured on: {report.measured_on}",
         "  ".join(h.rjust(w) for h, w in zip(header, widths)),
     ]
@@ -275,12 +283,32 @@ def format_table(report: Report) -> str:
             f"note: on the board's kernels trials {', '.join(map(str, drifted))} differ from this machine's "
             f"accuracy by more than {100 * BOARD_ACCURACY_GAP:g} point"
         )
+    if report.baselines:
+        lines += ["", "Baselines (hand-designed, trained like every trial):"]
+        lines += [f"  {_baseline_line(p, report.front)}" for p in report.baselines]
     if report.finalized:
         lines += ["", f"Finalized (trained at full budget): {len(report.finalized)} trials", format_finalized(report.finalized)]
     return "\n".join(lines)
 
 
 BOARD_ACCURACY_GAP = 0.01
+
+
+def _baseline_line(p: TrialPoint, front: Sequence[TrialPoint]) -> str:
+    by = dominated_by(p, front)
+    where = "on the front" if p.on_front else f"dominated by trial {by}" if by is not None else "not dominated"
+    return f"{p.baseline:28s} trial {p.number:3d}  val {p.accuracy:.4f}  p50 {p.latency_ms:.3f} ms  {p.size_kb:8.1f} KB  {where}"
+
+
+def dominated_by(point: TrialPoint, front: Sequence[TrialPoint]) -> int | None:
+    """A front member at most as slow and as large and at least as accurate as ``point``
+    (another trial than itself), the most accurate such; None if there is none."""
+    better = [
+        f for f in front
+        if f.number != point.number and f.latency_ms <= point.latency_ms and f.size_kb <= point.size_kb
+        and f.accuracy >= point.accuracy
+    ]
+    return max(better, key=lambda f: (f.accuracy, -f.latency_ms)).number if better else None
 
 
 def _maybe(value: float | None) -> str:

@@ -33,8 +33,9 @@ class Measurer(Protocol):
     def identity(self) -> str:
         """The measuring setup: two measurements with equal identities are comparable."""
 
-    def measure(self, onnx_bytes: bytes) -> Measurement:
-        """Batch-1 latency of the model, with where it was taken."""
+    def measure(self, onnx_bytes: bytes, plan: TimingPlan | None = None) -> Measurement:
+        """Batch-1 latency of the model, with where it was taken; timed by ``plan``
+        where given (a quick look), else by the measurer's own."""
 
     def run(self, onnx_bytes: bytes, inputs: np.ndarray) -> np.ndarray:
         """The model's first output for ``inputs`` (batch first), computed where it is measured."""
@@ -61,8 +62,8 @@ class LocalMeasurer:
     def identity(self) -> str:
         return measuring_setup(self.machine)
 
-    def measure(self, onnx_bytes: bytes) -> Measurement:
-        stats = measure_latency(onnx_bytes, self.target.threads, self.target.provider, self.plan)
+    def measure(self, onnx_bytes: bytes, plan: TimingPlan | None = None) -> Measurement:
+        stats = measure_latency(onnx_bytes, self.target.threads, self.target.provider, plan or self.plan)
         return Measurement(stats, dict(self.machine))
 
     def run(self, onnx_bytes: bytes, inputs: np.ndarray) -> np.ndarray:
@@ -71,7 +72,8 @@ class LocalMeasurer:
 
 
 class CachedMeasurer:
-    """Measures each distinct file once per measuring setup; runs are never cached."""
+    """Measures each distinct file once per measuring setup; runs, and measurements by a
+    plan of their own (quick looks), are never cached."""
 
     def __init__(self, inner: Measurer, cache: LatencyCache):
         self.inner = inner
@@ -85,7 +87,9 @@ class CachedMeasurer:
     def run(self, onnx_bytes: bytes, inputs: np.ndarray) -> np.ndarray:
         return self.inner.run(onnx_bytes, inputs)
 
-    def measure(self, onnx_bytes: bytes) -> Measurement:
+    def measure(self, onnx_bytes: bytes, plan: TimingPlan | None = None) -> Measurement:
+        if plan is not None:
+            return self.inner.measure(onnx_bytes, plan)
         key, setup = hashlib.sha256(onnx_bytes).hexdigest(), self.inner.identity()
         hit = self.cache.get_latency(key, setup)
         if hit is not None:

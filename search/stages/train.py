@@ -16,7 +16,7 @@ import contextlib
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
+from typing import Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -153,6 +153,8 @@ def fit(
     teacher_logits: torch.Tensor | None = None,
     on_progress=None,
     checkpoint: Checkpoint | None = None,
+    evaluate_at: Sequence[float] = (),
+    on_evaluate: Callable[[float], None] | None = None,
 ) -> float:
     """Train ``model`` in place; return the mean loss of the last epoch.
 
@@ -160,8 +162,10 @@ def fit(
     :func:`distillation_loss`, else cross-entropy. ``on_progress(step, total_steps,
     steps_per_epoch)`` is called after every step. With a ``checkpoint``, training starts
     from the state it holds, and saves its state at the end of every epoch: a resumed run
-    takes the steps an uninterrupted one would have taken. Raises
-    :class:`TrainingDiverged` on a non-finite loss.
+    takes the steps an uninterrupted one would have taken. ``on_evaluate(fraction)`` is
+    called, with the model in eval mode and where it trains, once the step nearest each
+    fraction of training in ``evaluate_at`` is done; whatever it raises ends training.
+    Raises :class:`TrainingDiverged` on a non-finite loss.
     """
     # Denormal floats (gradients of tiny magnitude, common after a few steps at a high
     # learning rate) take a slow path on x86 CPUs: a ResNet-18 step on 72 px photos went
@@ -183,6 +187,7 @@ def fit(
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_one_cycle, total_steps=total_steps))
+    evaluate_after = {max(1, round(f * total_steps)): f for f in evaluate_at}
     step, loss_of_epoch = 0, 0.0
     saved = checkpoint.load() if checkpoint is not None else None
     if saved is not None:
@@ -217,6 +222,10 @@ def fit(
             epoch_losses.append(loss.detach())
             if on_progress is not None:
                 on_progress(step, total_steps, steps_per_epoch)
+            if on_evaluate is not None and step in evaluate_after:
+                model.eval()
+                on_evaluate(evaluate_after[step])
+                model.train()
         loss_of_epoch = float(torch.stack(epoch_losses).mean()) if epoch_losses else 0.0
         if checkpoint is not None:
             state = _training_state(model, optimizer, schedule, generator, device, step, total_steps, loss_of_epoch)
@@ -269,8 +278,10 @@ def _mixed_precision(device: torch.device):
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, data: Split, batch_size: int = 512, on_progress=None) -> torch.Tensor:
-    """Logits of every image of ``data``, on the CPU; computed where the images are."""
+    """Logits of every image of ``data``, on the CPU; computed where the images are, the
+    model left where it was (a model in training stays on its device)."""
     model.eval()
+    home = next(model.parameters()).device
     model.to(data.pixels.device)
     out = []
     total = math.ceil(len(data) / batch_size)
@@ -279,7 +290,7 @@ def predict_logits(model: nn.Module, data: Split, batch_size: int = 512, on_prog
             out.append(model(data.batch(slice(start, start + batch_size))).float().cpu())
         if on_progress is not None:
             on_progress(i + 1, total, total)
-    model.cpu()
+    model.to(home)
     return torch.cat(out) if out else torch.empty(0)
 
 

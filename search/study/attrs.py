@@ -33,11 +33,20 @@ FAIL_REASON = "fail_reason"
 SECONDS_PREFIX = "seconds_"  # seconds_<stage> for each stage of the trial
 TRAIN_LOSS = "train_loss"
 WORKER = "worker"  # {"host", "pid"} of the process that ran the trial
+BASELINE = "baseline"  # the name of a hand-designed reference network (an enqueued trial), e.g. mnv3-small-0.5-fp32
+LEARNING_CURVE = "learning_curve"  # validation accuracy at each of early_stop.curve_fractions of proxy training
+EARLY_STOPPED = "early_stopped"  # why the trial was stopped during training (early_stop.Stop.as_dict, and a reason)
+TRAINED_WEIGHTS = "trained_weights_sha256"  # baselines: the trained, unpruned weights in the store, for the twin
+TRAINED_BY = "trained_by"  # a baseline that took the weights of its twin (same network, other quantization)
+PROBE = "probe"  # {"latency_ms", "size_kb"} of the untrained network of the final shape, measured before training
+FINETUNE_SECONDS = "finetune_seconds"  # of seconds_prune: the fine-tunes' training
+CURVE_SECONDS = "curve_seconds"  # of seconds_train: evaluating the learning curve
 REPEAT_OF = "repeat_of"  # the number of an earlier trial with the same candidate: not trained again
 
 # Study user attributes.
 STUDY_CONFIG = "config"
 STUDY_TEST_ACCURACY = "test_accuracy"  # {trial number: test accuracy}, front members only
+STUDY_BASELINES = "baselines"  # {"enqueued": [names], "skipped": {name: why}}, set once when the study starts
 STUDY_WORKERS_JOINED = "workers_joined"  # how many workers have run the trial loop: seeds each one's sampler
 # finalized:<trial number>: one per finalized trial (``nas.py finalize``), so that runs
 # finalizing other trials never overwrite each other's. A dict: ARCH, COMPRESSION, PARAMS,

@@ -66,6 +66,14 @@ class StudyConfig:
     sampler: str = _setting("nsga2", "Optuna sampler", metavar="NAME", choices=SAMPLERS)
     population: int = _setting(16, "NSGA-II generation size (50 trials make three generations)")
     seed: int = _setting(0, "seed of the sampler and of training")
+    baselines: bool = _setting(
+        True, "start a new study with hand-designed reference trials: MobileNetV3-Small at widths 0.35, 0.5, "
+        "0.75 and 1.0, fp32 and int8-static, unpruned; they count towards --budget", metavar=None,
+    )
+    early_stop: bool = _setting(
+        True, "stop a candidate during training once a complete trial at least as fast and as small is more "
+        "accurate than the candidate can still become (judged from the study's own learning curves)", metavar=None,
+    )
     max_latency_ms: float | None = _setting(None, "reject candidates slower than this, before training", metavar="MS")
     max_size_kb: float | None = _setting(None, "reject candidates whose file is larger, before training", metavar="KB")
 
@@ -84,6 +92,8 @@ class StudyConfig:
             ("calib_samples", 1 <= self.calib_samples <= 100_000, "in [1, 100000]"),
             ("sampler", self.sampler in SAMPLERS, f"one of {', '.join(SAMPLERS)}"),
             ("population", self.population >= 2, ">= 2"),
+            ("baselines", isinstance(self.baselines, bool), "true or false"),
+            ("early_stop", isinstance(self.early_stop, bool), "true or false"),
             ("max_latency_ms", self.max_latency_ms is None or self.max_latency_ms > 0, "> 0"),
             ("max_size_kb", self.max_size_kb is None or self.max_size_kb > 0, "> 0"),
         ]

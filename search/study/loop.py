@@ -41,6 +41,7 @@ WAIT_SECONDS = 2.0
 MAX_FAILURES_IN_A_ROW = 5
 MAX_REJECTIONS_IN_A_ROW = 50
 MAX_REPEATS_IN_A_ROW = 50
+MAX_STOPPED_IN_A_ROW = 50
 WORKER_SEED_STRIDE = 1_000_003  # seeds of different workers never meet within a study's trial count
 
 
@@ -138,7 +139,7 @@ def run_trials(
         study.set_user_attr(attrs.STUDY_WORKERS_JOINED, slot + 1)
         study.sampler = make_sampler(config, slot, len(study.get_trials(deepcopy=False)))
     failures: list[str] = []
-    rejections = repeats = 0
+    rejections = repeats = stopped = 0
     fail_dead_local_trials(study)
     progress.start(count_complete(study), budget)
     try:
@@ -178,6 +179,13 @@ def run_trials(
                         f"{len(failures)} trials in a row failed, so something is wrong beyond one candidate; "
                         f"last: {failures[-1]}"
                     )
+            elif attrs.EARLY_STOPPED in finished.user_attrs:
+                stopped += 1
+                if stopped >= MAX_STOPPED_IN_A_ROW:
+                    raise SearchError(
+                        f"{stopped} candidates in a row were stopped early, each dominated by the front: the front "
+                        "looks settled; stop here, or rerun with --no-early-stop to train every candidate"
+                    )
             elif finished.state == TrialState.PRUNED:
                 rejections += 1
                 if rejections >= MAX_REJECTIONS_IN_A_ROW:
@@ -187,7 +195,7 @@ def run_trials(
                     )
             else:
                 failures.clear()
-                rejections = 0
+                rejections = stopped = 0
     except BaseException as e:  # Ctrl-C, or a bug: this worker's trial failed, the worker stops
         _fail_own_running_trials(study, "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}")
         raise

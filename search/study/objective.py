@@ -13,7 +13,9 @@ The steps that turn a candidate into a deployed file (:func:`train_config`,
 
 from __future__ import annotations
 
+import io
 import logging
+import math
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -32,12 +34,13 @@ from ..stages import StageFailed
 from ..stages.cost import count_cost
 from ..stages.evaluate import onnx_accuracy
 from ..stages.export import check_parity, export_onnx
+from ..board.timing import TimingPlan
 from ..stages.measure import Measurer
 from ..stages.prune import prune
 from ..stages.quantize import quantize
 from ..stages.train import Checkpoint, TrainConfig, accuracy, fit, predict_logits
 from ..targets import Target
-from . import attrs
+from . import attrs, early_stop
 from .config import StudyConfig
 from .storage import Store
 
@@ -55,6 +58,7 @@ class TrialContext:
     space: MobileNetV3Space
     data: Dataset
     train: Split  # the images trials train on (the proxy's subset), where training runs
+    curve_images: Split  # validation images the learning curve is taken on, where training runs
     train_logits: torch.Tensor  # the teacher's, one row per image of ``train``
     target: Target
     measurer: Measurer  # usually a CachedMeasurer around the local or the board's
@@ -88,6 +92,8 @@ def sample_trial(trial: optuna.Trial, ctx: TrialContext) -> Candidate:
     say which candidate it is: the loop finds repeats by them)."""
     data, target = ctx.data, ctx.target
     arch = spaces.sample_arch(trial, ctx.space, data.in_chs, data.resolution, data.num_classes)
+    if attrs.BASELINE in trial.user_attrs:  # enqueued: the exact network, filed under the space's nearest point
+        arch = spaces.parse_arch(trial.user_attrs[attrs.ARCH_SAMPLED])
     comp = spaces.sample_compression(trial, target.quant_modes, target.channel_rounds, target.prune_ratios)
     trial.set_user_attr(attrs.ARCH_SAMPLED, str(arch))
     trial.set_user_attr(attrs.COMPRESSION, str(comp))
@@ -114,22 +120,39 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, candidate: Candidate) -> t
     example = data.val.batch(slice(0, 1))
     calibration = calibration_samples(ctx.train, cfg.calib_samples, cfg.seed)
     metadata = file_metadata(data)
+    # Baselines are reference points for the report: they run to the end, whatever the rule says.
+    may_stop = cfg.early_stop and attrs.BASELINE not in trial.user_attrs
 
     with _stage(trial, ctx, "cost"):
         model = build_model(candidate.arch)
         trial.set_user_attr(attrs.PARAMS_BEFORE_PRUNE, count_cost(model, data.in_chs, data.resolution).params)
+        probe = Probe(trial, ctx, candidate, example, calibration, metadata)
         if cfg.max_latency_ms is not None or cfg.max_size_kb is not None:
-            _reject_if_over_budget(trial, ctx, candidate, example, calibration, metadata)
+            probe.cost()  # refuses the candidate before training if it breaks a limit
 
     with _stage(trial, ctx, "train"):
-        train_cfg = train_config(cfg, cfg.epochs, trial.number)
-        loss = fit(model, ctx.train, train_cfg, ctx.train_logits, on_progress=ctx.progress.steps)
-        trial.set_user_attr(attrs.TRAIN_LOSS, loss)
+        shared = _trained_twin(trial, ctx.store) if attrs.BASELINE in trial.user_attrs else None
+        if shared is not None:  # the same network, quantized another way: an engineer trains it once
+            number, weights, curve = shared
+            model.load_state_dict(weights)
+            trial.set_user_attr(attrs.LEARNING_CURVE, curve)
+            trial.set_user_attr(attrs.TRAINED_BY, number)
+        else:
+            train_cfg = train_config(cfg, cfg.epochs, trial.number)
+            loss = fit(
+                model, ctx.train, train_cfg, ctx.train_logits, on_progress=ctx.progress.steps,
+                evaluate_at=early_stop.curve_fractions(cfg.epochs),
+                on_evaluate=_learning_curve(trial, ctx, model, probe if may_stop else None),
+            )
+            trial.set_user_attr(attrs.TRAIN_LOSS, loss)
+            if attrs.BASELINE in trial.user_attrs and comp.prune_ratio == 0:
+                trial.set_user_attr(attrs.TRAINED_WEIGHTS, ctx.store.put_model(_state_bytes(model)))
 
     with _stage(trial, ctx, "prune"):
-        prune_and_finetune(
+        finetune_seconds = prune_and_finetune(
             model, comp, cfg, ctx.train, ctx.train_logits, cfg.finetune_epochs, trial.number, example, ctx.progress.steps
         )
+        trial.set_user_attr(attrs.FINETUNE_SECONDS, round(finetune_seconds, 4))
         cost = count_cost(model, data.in_chs, data.resolution)
         trial.set_user_attr(attrs.ARCH, str(model.spec))
         trial.set_user_attr(attrs.PARAMS, cost.params)
@@ -197,21 +220,26 @@ def prune_and_finetune(
     example: torch.Tensor,
     on_progress=None,
     checkpoint_of: Callable[[int], Checkpoint] | None = None,
-) -> None:
+) -> float:
     """The candidate's own pruning, in ``cfg.prune_steps`` steps, each followed by its share
     of ``finetune_epochs`` of distillation on ``images``; ``checkpoint_of(step)``, if given,
-    keeps each fine-tune's state (see ``fit``)."""
+    keeps each fine-tune's state (see ``fit``). Returns the seconds spent fine-tuning."""
     if comp.prune_ratio <= 0:
-        return
+        return 0.0
     per_step = finetune_epochs / cfg.prune_steps
+    seconds = 0.0
 
     def finetune(m, step):
+        nonlocal seconds
         if per_step > 0:
+            start = time.perf_counter()
             checkpoint = checkpoint_of(step) if checkpoint_of is not None else None
             fit(m, images, train_config(cfg, per_step, trial_number), logits, on_progress, checkpoint)
+            seconds += time.perf_counter() - start
 
     bn_data = images.batch(slice(0, BN_SAMPLES)).cpu()
     prune(model, comp.prune_ratio, comp.channel_round, example, cfg.prune_steps, bn_data, finetune)
+    return seconds
 
 
 def file_metadata(data: Dataset) -> dict:
@@ -264,25 +292,109 @@ def _record_constraints(trial: optuna.Trial, cfg: StudyConfig, latency_ms: float
     trial.set_user_attr(attrs.CONSTRAINT_VIOLATION, violations)
 
 
-def _reject_if_over_budget(trial, ctx, candidate, example, calibration, metadata) -> None:
-    """Latency and size depend on shapes, not on trained weights: measure the untrained
-    network, pruned, exported and quantized as the trial will be, and refuse it before
-    training. Its file differs from the trained one by a few bytes at most (quantized
-    scales and zero points), so the limits are checked again on the file that ships."""
-    cfg, comp = ctx.config, candidate.compression
-    with torch.random.fork_rng():  # the trial trains as it would without limits
-        probe = build_model(candidate.arch)
-        prune(probe, comp.prune_ratio, comp.channel_round, example, cfg.prune_steps)
-        _like_trained_weights(probe)
-    deployed = quantize_for(export_fp32(probe, example, metadata), comp, calibration, ctx.target)
-    size_kb = len(deployed) / 1024.0
-    reasons = _broken_limits(cfg, size_kb, None)
-    latency = None
-    if cfg.max_latency_ms is not None and not reasons:  # timing costs more than counting bytes
-        latency = ctx.measurer.measure(deployed).stats.p50_ms
+def _complete(trial: optuna.Trial) -> list[optuna.trial.FrozenTrial]:
+    """The study's complete trials; none for a trial outside a study (a FixedTrial)."""
+    study = getattr(trial, "study", None)
+    return [] if study is None else study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+
+def _learning_curve(
+    trial: optuna.Trial, ctx: TrialContext, model: torch.nn.Module, probe: Probe | None
+) -> Callable[[float], None]:
+    """What training calls at each point of the learning curve: record the point, and,
+    given the candidate's probe, stop it (pruned, with the rule's numbers) once the
+    study's complete trials say it cannot reach the front."""
+    curve: list[float] = []
+    seconds = 0.0
+
+    def on_evaluate(fraction: float) -> None:
+        nonlocal seconds
+        start = time.perf_counter()
+        curve.append(accuracy(predict_logits(model, ctx.curve_images), ctx.curve_images.y))
+        trial.set_user_attr(attrs.LEARNING_CURVE, curve)
+        stop = None
+        if probe is not None:
+            finished = early_stop.finished_trials(_complete(trial))
+            # Latency and size are needed only if some complete trial is more accurate than
+            # this candidate can become: most promising candidates never pay for the probe.
+            if early_stop.check(len(curve) - 1, fraction, curve[-1], math.inf, math.inf, finished) is not None:
+                cost = probe.cost()
+                stop = early_stop.check(len(curve) - 1, fraction, curve[-1], cost.latency_ms, cost.size_kb, finished)
+        seconds += time.perf_counter() - start
+        trial.set_user_attr(attrs.CURVE_SECONDS, round(seconds, 4))
+        if stop is not None:
+            reason = stop.reason(ctx.config.epochs)
+            trial.set_user_attr(attrs.EARLY_STOPPED, {**stop.as_dict(), "reason": reason})
+            raise optuna.TrialPruned(reason)
+
+    return on_evaluate
+
+
+def _trained_twin(trial: optuna.Trial, store: Store) -> tuple[int, dict, list[float]] | None:
+    """The trained weights (and learning curve) of a complete baseline trial of the same
+    unpruned network, if the study has one: (its number, state dict, curve)."""
+    arch = trial.user_attrs[attrs.ARCH_SAMPLED]
+    for t in _complete(trial):
+        key = t.user_attrs.get(attrs.TRAINED_WEIGHTS)
+        if key and t.user_attrs.get(attrs.ARCH_SAMPLED) == arch and (data := store.get_model(key)) is not None:
+            weights = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            return t.number, weights, t.user_attrs.get(attrs.LEARNING_CURVE, [])
+    return None
+
+
+def _state_bytes(model: torch.nn.Module) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class ProbeCost:
+    size_kb: float
+    latency_ms: float
+
+
+# The early-stop rule needs the candidate's latency only to compare it with complete
+# trials': one load and a short run suffice (a hard latency limit gets the full plan).
+PROBE_PLAN = TimingPlan(sessions=1, warmup_runs=5, warmup_seconds=0.05, min_runs=20, min_seconds=0.1)
+
+
+class Probe:
+    """Latency and size depend on shapes, not on trained weights: the untrained network,
+    pruned, exported and quantized as the trial will be, tells them before training.
+    Its file differs from the trained one by a few bytes at most (quantized scales and
+    zero points), so hard limits are checked again on the file that ships. Made once,
+    when first asked for."""
+
+    def __init__(self, trial, ctx: TrialContext, candidate: Candidate, example, calibration, metadata):
+        self.trial, self.ctx, self.candidate = trial, ctx, candidate
+        self.example, self.calibration, self.metadata = example, calibration, metadata
+        self._cost: ProbeCost | None = None
+
+    def cost(self) -> ProbeCost:
+        """The probe's size and latency; rejects the candidate (TrialPruned) if it breaks a hard limit."""
+        if self._cost is None:
+            self._cost = self._measure()
+        return self._cost
+
+    def _measure(self) -> ProbeCost:
+        trial, ctx, cfg, comp = self.trial, self.ctx, self.ctx.config, self.candidate.compression
+        with torch.random.fork_rng():  # the trial trains as it would without the probe
+            probe = build_model(self.candidate.arch)
+            prune(probe, comp.prune_ratio, comp.channel_round, self.example, cfg.prune_steps)
+            _like_trained_weights(probe)
+        deployed = quantize_for(export_fp32(probe, self.example, self.metadata), comp, self.calibration, ctx.target)
+        size_kb = len(deployed) / 1024.0
+        reasons = _broken_limits(cfg, size_kb, None)
+        if reasons:  # timing costs more than counting bytes
+            _reject(trial, cfg, "before training", reasons, None, size_kb)
+        limit = cfg.max_latency_ms is not None
+        latency = ctx.measurer.measure(deployed, None if limit else PROBE_PLAN).stats.p50_ms
         reasons = _broken_limits(cfg, size_kb, latency)
-    if reasons:
-        _reject(trial, cfg, "before training", reasons, latency, size_kb)
+        if reasons:
+            _reject(trial, cfg, "before training", reasons, latency, size_kb)
+        trial.set_user_attr(attrs.PROBE, {"latency_ms": latency, "size_kb": round(size_kb, 3)})
+        return ProbeCost(size_kb, latency)
 
 
 @torch.no_grad()

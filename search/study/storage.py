@@ -27,7 +27,7 @@ from pathlib import Path
 
 import optuna
 import sqlalchemy as sa
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from . import attrs
 from .config import ConfigError, StudyConfig, check_study_name, default_study_name, resolve, study_dir
@@ -300,7 +300,9 @@ def study_config(study: optuna.Study) -> StudyConfig:
 class StudySummary:
     name: str
     url: str
-    counts: dict[str, int]  # trials by state name (COMPLETE, FAIL, PRUNED, RUNNING, WAITING); repeats apart, as REPEAT
+    # Trials by state name (COMPLETE, FAIL, PRUNED, RUNNING, WAITING); repeats apart, as
+    # REPEAT, and trials stopped early as dominated, as STOPPED (PRUNED: rejected by a limit).
+    counts: dict[str, int]
     config: str  # the stored configuration, as JSON
 
 
@@ -318,10 +320,18 @@ def study_summaries(storage: str | None, study: str | None, studies_dir: Path) -
             if study and s.study_name != study:
                 continue
             trials = rdb.get_all_trials(s._study_id, deepcopy=False)
-            kinds = ["REPEAT" if attrs.REPEAT_OF in t.user_attrs else t.state.name for t in trials]
-            counts = {kind: kinds.count(kind) for kind in ["REPEAT", *(state.name for state in TrialState)]}
+            kinds = [_kind(t) for t in trials]
+            counts = {kind: kinds.count(kind) for kind in ["REPEAT", "STOPPED", *(state.name for state in TrialState)]}
             summaries.append(StudySummary(s.study_name, url, counts, s.user_attrs.get(attrs.STUDY_CONFIG, "{}")))
     return summaries
+
+
+def _kind(trial: FrozenTrial) -> str:
+    if attrs.REPEAT_OF in trial.user_attrs:
+        return "REPEAT"
+    if attrs.EARLY_STOPPED in trial.user_attrs:
+        return "STOPPED"
+    return trial.state.name
 
 
 def deployed_model(study: str, storage: str | None, trial_number: int, final: bool = False) -> tuple[bytes, dict]:

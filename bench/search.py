@@ -1,0 +1,311 @@
+"""Does the search beat random sampling and the hand-designed baselines, and what does early stopping save?
+
+    python bench/search.py fronts [--samplers nsga2,tpe,random] [--seeds 0,1,2] [--budget 50]
+                                  [--early-stop off|on|both] [--no-baselines]
+    python bench/search.py sampler-overhead [--trials 1000] [--samplers nsga2,tpe]
+    python bench/search.py trial-overhead --study NAME [--storage URL]
+
+``fronts`` runs one digits study (default settings, as ``make search``) per sampler, seed
+and early-stop setting, in studies/bench-search/ (a rerun resumes and reuses them), and
+reports for each: the hypervolume of its feasible front, complete trials, wall time of
+the trial loop, and which baselines the front does not dominate. Objectives for the
+hypervolume: validation error (1 - accuracy), latency and size, each divided by the
+reference point's, so the box is the unit cube: REFERENCE below (error 1, 1 ms, 1024 KB;
+trials beyond it add nothing). For studies without early stopping, it also replays the
+rule (``search.study.early_stop.replay``) over their trials: which front members it would
+have stopped. For studies with early stopping, the matching study without it is cut at
+the same wall time: the hypervolume each had after the same compute.
+
+``trial-overhead`` reads a finished study: per trial, the wall time from ask to tell
+against the time spent training (proxy training less its learning-curve passes, plus
+the fine-tunes); the rest (sampling, build, probe, prune surgery, export, quantize,
+evaluation, measurement, storage writes) is the overhead, by stage.
+
+``sampler-overhead`` runs the trial loop with a fake objective (the real compact space's
+parameters, values a cheap function of them) to ``--trials`` complete trials in one SQLite
+study, and reports seconds per trial (ask, sample, tell, the loop's reads) in windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+from common import ROOT, log, print_json, print_table
+from optuna.trial import TrialState
+
+from search.progress import SearchProgress
+from search.report.front import build_report, dominated_by
+from search.runner import SearchRequest, run_search
+from search.study import attrs, early_stop, loop
+from search.study.config import StudyConfig
+from search.study.storage import TrialStartLock, open_storage
+from spaces import get_space, sample_arch, sample_compression
+from search.targets import get_target
+
+REFERENCE = {"error": 1.0, "latency_ms": 1.0, "size_kb": 1024.0}
+WORK = ROOT / "studies" / "bench-search"
+
+
+def hypervolume(points: np.ndarray) -> float:
+    """Volume dominated by ``points`` (n x 3, all minimised, in the unit cube) up to (1, 1, 1):
+    the sweep over the first objective of the 2-D areas of the points before each slice."""
+    pts = points[np.all(points < 1.0, axis=1)]
+    if len(pts) == 0:
+        return 0.0
+    pts = pts[np.argsort(pts[:, 0])]
+    volume = 0.0
+    for i in range(len(pts)):
+        depth = (pts[i + 1, 0] if i + 1 < len(pts) else 1.0) - pts[i, 0]
+        if depth > 0:
+            volume += depth * _area(pts[: i + 1, 1:])
+    return volume
+
+
+def _area(points: np.ndarray) -> float:
+    area, best_y = 0.0, 1.0
+    for x, y in sorted(map(tuple, points)):
+        if y < best_y:
+            area += (1.0 - x) * (best_y - y)
+            best_y = y
+    return area
+
+
+def normalised(trials) -> np.ndarray:
+    """Feasible trials' objectives, minimised and divided by the reference point's."""
+    feasible = [t for t in trials if all(v <= 0 for v in t.user_attrs.get(attrs.CONSTRAINT_VIOLATION) or [])]
+    return np.array(
+        [[(1.0 - t.values[0]) / REFERENCE["error"], t.values[1] / REFERENCE["latency_ms"],
+          t.values[2] / REFERENCE["size_kb"]] for t in feasible]
+    ).reshape(-1, 3)
+
+
+def counted(trials):
+    return [t for t in trials if loop.counts_towards_budget(t)]
+
+
+def run_study(name: str, sampler: str, seed: int, budget: int, early: bool, baselines: bool) -> list:
+    explicit = {"sampler": sampler, "seed": seed, "early_stop": early, "baselines": baselines}
+    log(f"study {name}: {explicit}, budget {budget}")
+    run_search(SearchRequest(budget=budget, explicit=explicit, study=name,
+                             storage=f"sqlite:///{WORK}/{name}.db"), SearchProgress())
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{WORK}/{name}.db")
+    return study.get_trials(deepcopy=False)
+
+
+def loop_seconds(trials) -> float:
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    return (max(ends) - min(starts)).total_seconds()
+
+
+def cut_at(trials, seconds: float):
+    """The trials complete within ``seconds`` of the study's first start."""
+    start = min(t.datetime_start for t in trials if t.datetime_start)
+    return [t for t in trials if t.datetime_complete and (t.datetime_complete - start).total_seconds() <= seconds]
+
+
+def front_of(trials):
+    return build_report("", "", "", list(trials), {})
+
+
+def cmd_fronts(args) -> None:
+    WORK.mkdir(parents=True, exist_ok=True)
+    import os
+
+    os.chdir(ROOT)
+    settings = {"off": [False], "on": [True], "both": [False, True]}[args.early_stop]
+    results = {}
+    rows = []
+    for sampler in args.samplers.split(","):
+        for seed in map(int, args.seeds.split(",")):
+            for early in settings:
+                name = f"{sampler}-s{seed}-{'es' if early else 'full'}{'' if args.baselines else '-nob'}"
+                trials = run_study(name, sampler, seed, args.budget, early, args.baselines)
+                report = front_of(trials)
+                feasible = [p for p in report.points if p.feasible]
+                hv = hypervolume(normalised(counted(trials)))
+                missed = [p.baseline for p in report.baselines if not p.on_front and dominated_by(p, report.front) is None]
+                entry = {
+                    "sampler": sampler, "seed": seed, "early_stop": early, "hypervolume": round(hv, 5),
+                    "complete": len(counted(trials)), "stopped": report.n_stopped, "front": len(report.front),
+                    "loop_s": round(loop_seconds(trials), 1), "baselines_not_dominated": missed,
+                    "feasible": len(feasible),
+                }
+                if not early:
+                    stops = early_stop.replay(trials, early_stop.curve_fractions(StudyConfig().epochs))
+                    entry["replay_would_stop"] = len(stops)
+                    entry["replay_front_lost"] = sorted(p.number for p in report.front if p.number in stops)
+                    entry["replay_train_saved_s"] = round(sum(_saved(trials, n, s) for n, s in stops.items()), 1)
+                results[name] = entry
+                rows.append([name, f"{hv:.4f}", entry["complete"], entry["stopped"], entry["front"], entry["loop_s"],
+                             ",".join(missed) or "-", entry.get("replay_front_lost", "-"), entry.get("replay_would_stop", "-")])
+    print_table("Fronts on digits (hypervolume vs reference error 1, 1 ms, 1024 KB)",
+                ["study", "HV", "complete", "stopped", "front", "loop s", "baselines not dominated",
+                 "replay: front lost", "replay: stopped"], rows)
+    summary = _compare(results, args)
+    print_json({"reference": REFERENCE, "studies": results, "summary": summary})
+
+
+def _saved(trials, number: int, stop) -> float:
+    """Training seconds the rule would have saved on trial ``number``: the rest of its
+    proxy training after the stop, and all its fine-tune."""
+    t = next(t for t in trials if t.number == number)
+    ua = t.user_attrs
+    train = ua.get(attrs.SECONDS_PREFIX + "train", 0.0)
+    return train * (1 - stop.fraction) + ua.get(attrs.FINETUNE_SECONDS, 0.0)
+
+
+def _compare(results: dict, args) -> dict:
+    summary = {}
+    by = {}
+    for r in results.values():
+        by.setdefault((r["sampler"], r["early_stop"]), []).append(r["hypervolume"])
+    random_full = by.get(("random", False))
+    for (sampler, early), hvs in sorted(by.items()):
+        line = {"median_hv": statistics.median(hvs), "runs": len(hvs)}
+        if random_full:
+            line["vs_random_median"] = round(statistics.median(hvs) / statistics.median(random_full), 4)
+        summary[f"{sampler}{'-es' if early else ''}"] = line
+    # Early stopping at the same compute: the study without it, cut at the wall time of the one with it.
+    for name, r in results.items():
+        if not r["early_stop"]:
+            continue
+        twin = name.replace("-es", "-full")
+        if twin not in results:
+            continue
+        full = optuna.load_study(study_name=twin, storage=f"sqlite:///{WORK}/{twin}.db").get_trials(deepcopy=False)
+        cut = counted(cut_at(full, r["loop_s"]))
+        summary[f"{name} vs {twin} at {r['loop_s']} s"] = {
+            "complete_with_es": r["complete"], "complete_without": len(cut),
+            "hv_with_es": r["hypervolume"], "hv_without": round(hypervolume(normalised(cut)), 5),
+        }
+    return summary
+
+
+class FakeObjective:
+    """The compact space's parameters, values a cheap deterministic function of them."""
+
+    def __init__(self):
+        self.space, self.target = get_space("compact"), get_target("host")
+
+    def sample(self, trial):
+        arch = sample_arch(trial, self.space, 1, 8, 10)
+        comp = sample_compression(trial, self.target.quant_modes, self.target.channel_rounds, self.target.prune_ratios)
+        trial.set_user_attr(attrs.ARCH_SAMPLED, str(arch))
+        trial.set_user_attr(attrs.COMPRESSION, str(comp))
+        return arch, comp
+
+    def run(self, trial, candidate):
+        arch, comp = candidate
+        width = sum(b.out_chs * (b.expand_chs or 1) for b in arch.blocks)
+        accuracy = 1 - 1 / (1 + width / 4000) * (1 + comp.prune_ratio / 2)
+        latency = width / 20000 * (0.5 if comp.quant.startswith("int8") else 1.0)
+        return accuracy, latency, width / 100 * (0.25 if comp.quant.startswith("int8") else 1.0)
+
+    def repeat(self, trial, original):
+        trial.set_user_attr(attrs.REPEAT_OF, original.number)
+        return original.values
+
+
+class Timing(SearchProgress):
+    def __init__(self):
+        self.stamps: list[float] = []
+
+    def trial_finished(self, trial, n_complete):
+        self.stamps.append(time.perf_counter())
+
+
+def cmd_sampler_overhead(args) -> None:
+    import tempfile
+
+    rows, result = [], {}
+    for sampler in args.samplers.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            url = f"sqlite:///{tmp}/overhead.db"
+            optuna.logging.set_verbosity(optuna.logging.ERROR)
+            study = optuna.create_study(study_name="overhead", storage=open_storage(url), directions=list(attrs.DIRECTIONS))
+            lock = TrialStartLock(url, "overhead")
+            timing = Timing()
+            start = time.perf_counter()
+            loop.run_trials(study, StudyConfig(sampler=sampler), args.trials, FakeObjective(), lock, timing)
+            lock.close()
+            stamps = [start, *timing.stamps]
+            per_trial = np.diff(stamps)
+            windows = {}
+            for lo in (0, args.trials // 2, args.trials - 100):
+                windows[f"{lo}-{lo + 100}"] = round(float(np.mean(per_trial[lo : lo + 100])), 4)
+            n_all = len(study.get_trials(deepcopy=False))
+            result[sampler] = {"windows_s_per_trial": windows, "trials_in_study": n_all,
+                               "total_s": round(stamps[-1] - start, 1)}
+            rows.append([sampler, *windows.values(), n_all, round(stamps[-1] - start, 1)])
+            log(f"{sampler}: {result[sampler]}")
+    windows = list(result[next(iter(result))]["windows_s_per_trial"])
+    print_table(f"Sampler overhead, seconds a trial (fake objective, {args.trials} complete trials, SQLite)",
+                ["sampler", *windows, "trials incl. repeats", "total s"], rows)
+    print_json(result)
+
+
+def cmd_trial_overhead(args) -> None:
+    url = args.storage or f"sqlite:///{ROOT}/studies/{args.study}/study.db"
+    trials = optuna.load_study(study_name=args.study, storage=url).get_trials(deepcopy=False)
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.datetime_complete
+            and attrs.REPEAT_OF not in t.user_attrs]
+    rows, result = [], {}
+    for label, group in (("search trials", [t for t in done if attrs.BASELINE not in t.user_attrs]),
+                         ("baselines", [t for t in done if attrs.BASELINE in t.user_attrs]), ("all", done)):
+        if not group:
+            continue
+        wall = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in group)
+        training = sum(_training_seconds(t) for t in group)
+        stages = {}
+        for t in group:
+            for k, v in t.user_attrs.items():
+                if k.startswith(attrs.SECONDS_PREFIX):
+                    stages[k[len(attrs.SECONDS_PREFIX):]] = stages.get(k[len(attrs.SECONDS_PREFIX):], 0.0) + v
+        stages["train"] = stages.get("train", 0.0) - sum(t.user_attrs.get(attrs.CURVE_SECONDS, 0.0) for t in group)
+        stages["prune"] = stages.get("prune", 0.0) - sum(t.user_attrs.get(attrs.FINETUNE_SECONDS, 0.0) for t in group)
+        stages["learning curve"] = sum(t.user_attrs.get(attrs.CURVE_SECONDS, 0.0) for t in group)
+        stages["outside stages"] = wall - sum(stages.values()) - sum(t.user_attrs.get(attrs.FINETUNE_SECONDS, 0.0) for t in group)
+        overhead = {k: v for k, v in stages.items() if k != "train"}
+        result[label] = {"trials": len(group), "wall_s": round(wall, 1), "training_s": round(training, 1),
+                         "overhead_share": round(1 - training / wall, 4),
+                         "overhead_s_by_part": {k: round(v, 1) for k, v in sorted(overhead.items(), key=lambda kv: -kv[1])}}
+        rows.append([label, len(group), f"{wall:.1f}", f"{training:.1f}", f"{1 - training / wall:.1%}",
+                     ", ".join(f"{k} {v:.1f}" for k, v in sorted(overhead.items(), key=lambda kv: -kv[1])[:5])])
+    print_table(f"Trial overhead of study {args.study} (everything but training)",
+                ["trials", "n", "wall s", "training s", "overhead", "largest parts (s)"], rows)
+    print_json(result)
+
+
+def _training_seconds(t) -> float:
+    ua = t.user_attrs
+    return ua.get(attrs.SECONDS_PREFIX + "train", 0.0) - ua.get(attrs.CURVE_SECONDS, 0.0) + ua.get(attrs.FINETUNE_SECONDS, 0.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("fronts")
+    f.add_argument("--samplers", default="nsga2,tpe,random")
+    f.add_argument("--seeds", default="0,1,2")
+    f.add_argument("--budget", type=int, default=50)
+    f.add_argument("--early-stop", choices=("off", "on", "both"), default="both")
+    f.add_argument("--no-baselines", dest="baselines", action="store_false")
+    o = sub.add_parser("sampler-overhead")
+    o.add_argument("--trials", type=int, default=1000)
+    o.add_argument("--samplers", default="nsga2,tpe")
+    t = sub.add_parser("trial-overhead")
+    t.add_argument("--study", required=True)
+    t.add_argument("--storage")
+    args = parser.parse_args()
+    commands = {"fronts": cmd_fronts, "sampler-overhead": cmd_sampler_overhead, "trial-overhead": cmd_trial_overhead}
+    commands[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
