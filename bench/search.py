@@ -11,7 +11,10 @@ reports for each: the hypervolume of its feasible front, complete trials, wall t
 the trial loop, and which baselines the front does not dominate. Objectives for the
 hypervolume: validation error (1 - accuracy), latency and size, each divided by the
 reference point's, so the box is the unit cube: REFERENCE below (error 1, 1 ms, 1024 KB;
-trials beyond it add nothing). For studies without early stopping, it also replays the
+trials beyond it add nothing), and again with each objective (error, log latency, log
+size) scaled over the union of the compared studies' fronts, reference 1.1 (on digits
+every front nears the fixed box's corner, so only this one tells samplers apart). For
+studies without early stopping, it also replays the
 rule (``search.study.early_stop.replay``) over their trials: which front members it would
 have stopped. For studies with early stopping, the matching study without it is cut at
 the same wall time: the hypervolume each had after the same compute.
@@ -23,7 +26,9 @@ evaluation, measurement, storage writes) is the overhead, by stage.
 
 ``sampler-overhead`` runs the trial loop with a fake objective (the real compact space's
 parameters, values a cheap function of them) to ``--trials`` complete trials in one SQLite
-study, and reports seconds per trial (ask, sample, tell, the loop's reads) in windows.
+study (``--storage sqlite``) or in memory (the default: the samplers' own cost, without
+the per-write cost of SQLite), and reports seconds per trial (ask, sample, tell, the
+loop's reads) in windows.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from common import ROOT, log, print_json, print_table
 from optuna.trial import TrialState
 
 from search.progress import SearchProgress
-from search.report.front import build_report, dominated_by
+from search.report.front import build_report, dominated_by, pareto_mask
 from search.runner import SearchRequest, run_search
 from search.study import attrs, early_stop, loop
 from search.study.config import StudyConfig
@@ -125,6 +130,8 @@ def cmd_fronts(args) -> None:
         for seed in map(int, args.seeds.split(",")):
             for early in settings:
                 name = f"{sampler}-s{seed}-{'es' if early else 'full'}{'' if args.baselines else '-nob'}"
+                if args.only_existing and not (WORK / f"{name}.db").exists():
+                    continue
                 trials = run_study(name, sampler, seed, args.budget, early, args.baselines)
                 report = front_of(trials)
                 feasible = [p for p in report.points if p.feasible]
@@ -147,8 +154,37 @@ def cmd_fronts(args) -> None:
     print_table("Fronts on digits (hypervolume vs reference error 1, 1 ms, 1024 KB)",
                 ["study", "HV", "complete", "stopped", "front", "loop s", "baselines not dominated",
                  "replay: front lost", "replay: stopped"], rows)
+    union = _union_scaling(results)
+    for name, r in results.items():
+        r["hypervolume_union"] = round(hypervolume(union(counted(_trials_of(name)))), 5)
     summary = _compare(results, args)
+    print_table("Hypervolume, objectives scaled over the union of all these studies' fronts (reference 1.1)",
+                ["study", "HV (union scaling)", "HV (fixed reference)"],
+                [[n, r["hypervolume_union"], r["hypervolume"]] for n, r in results.items()])
     print_json({"reference": REFERENCE, "studies": results, "summary": summary})
+
+
+def _trials_of(name: str):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{WORK}/{name}.db").get_trials(deepcopy=False)
+
+
+def _union_scaling(results: dict):
+    """Scaling shared by all compared studies: each objective (error, log latency, log size)
+    mapped from the best value any of their fronts reached (0) to the worst value on the
+    union of their fronts (1); the reference point is 1.1 in each. The fixed reference
+    above leaves every digits front near 0.9, where no sampler can look 15% better."""
+    points = np.concatenate([_raw(counted(_trials_of(n))) for n in results])
+    front = points[pareto_mask(points, ("minimize",) * 3)]
+    ideal, nadir = points.min(axis=0), front.max(axis=0)
+
+    def scale(trials):
+        return (_raw(trials) - ideal) / (nadir - ideal) / 1.1
+    return scale
+
+
+def _raw(trials) -> np.ndarray:
+    feasible = [t for t in trials if all(v <= 0 for v in t.user_attrs.get(attrs.CONSTRAINT_VIOLATION) or [])]
+    return np.array([[1.0 - t.values[0], np.log(t.values[1]), np.log(t.values[2])] for t in feasible]).reshape(-1, 3)
 
 
 def _saved(trials, number: int, stop) -> float:
@@ -166,10 +202,18 @@ def _compare(results: dict, args) -> dict:
     for r in results.values():
         by.setdefault((r["sampler"], r["early_stop"]), []).append(r["hypervolume"])
     random_full = by.get(("random", False))
+    by_union = {}
+    for r in results.values():
+        by_union.setdefault((r["sampler"], r["early_stop"]), []).append(r["hypervolume_union"])
+    random_union = by_union.get(("random", False))
     for (sampler, early), hvs in sorted(by.items()):
         line = {"median_hv": statistics.median(hvs), "runs": len(hvs)}
         if random_full:
             line["vs_random_median"] = round(statistics.median(hvs) / statistics.median(random_full), 4)
+        if random_union:
+            union = by_union[(sampler, early)]
+            line["union_median_hv"] = statistics.median(union)
+            line["union_vs_random_median"] = round(statistics.median(union) / statistics.median(random_union), 4)
         summary[f"{sampler}{'-es' if early else ''}"] = line
     # Early stopping at the same compute: the study without it, cut at the wall time of the one with it.
     for name, r in results.items():
@@ -226,9 +270,10 @@ def cmd_sampler_overhead(args) -> None:
     rows, result = [], {}
     for sampler in args.samplers.split(","):
         with tempfile.TemporaryDirectory() as tmp:
-            url = f"sqlite:///{tmp}/overhead.db"
+            url = f"sqlite:///{tmp}/overhead.db"  # the start lock's file, whatever holds the study
             optuna.logging.set_verbosity(optuna.logging.ERROR)
-            study = optuna.create_study(study_name="overhead", storage=open_storage(url), directions=list(attrs.DIRECTIONS))
+            storage = open_storage(url) if args.storage == "sqlite" else optuna.storages.InMemoryStorage()
+            study = optuna.create_study(study_name="overhead", storage=storage, directions=list(attrs.DIRECTIONS))
             lock = TrialStartLock(url, "overhead")
             timing = Timing()
             start = time.perf_counter()
@@ -245,7 +290,7 @@ def cmd_sampler_overhead(args) -> None:
             rows.append([sampler, *windows.values(), n_all, round(stamps[-1] - start, 1)])
             log(f"{sampler}: {result[sampler]}")
     windows = list(result[next(iter(result))]["windows_s_per_trial"])
-    print_table(f"Sampler overhead, seconds a trial (fake objective, {args.trials} complete trials, SQLite)",
+    print_table(f"Sampler overhead, seconds a trial (fake objective, {args.trials} complete trials, {args.storage} storage)",
                 ["sampler", *windows, "trials incl. repeats", "total s"], rows)
     print_json(result)
 
@@ -296,9 +341,12 @@ def main() -> None:
     f.add_argument("--budget", type=int, default=50)
     f.add_argument("--early-stop", choices=("off", "on", "both"), default="both")
     f.add_argument("--no-baselines", dest="baselines", action="store_false")
+    f.add_argument("--only-existing", action="store_true", help="report only the studies already in studies/bench-search/")
     o = sub.add_parser("sampler-overhead")
     o.add_argument("--trials", type=int, default=1000)
     o.add_argument("--samplers", default="nsga2,tpe")
+    o.add_argument("--storage", choices=("memory", "sqlite"), default="memory",
+                   help="memory: the samplers and the loop alone; sqlite: with the study's writes, as a search has them")
     t = sub.add_parser("trial-overhead")
     t.add_argument("--study", required=True)
     t.add_argument("--storage")

@@ -88,7 +88,8 @@ def test_replay_judges_each_trial_against_those_complete_before_it_started():
     weak_late = _frozen(10, (0.55, 2.0, 20.0), (0.3, 0.4, 0.5, 0.52), 10, 11)
     weak_early = _frozen(11, (0.55, 2.0, 20.0), (0.3, 0.4, 0.5, 0.52), 0.5, 11)  # started before any was done
     strong = _frozen(12, (0.93, 2.0, 20.0), (0.72, 0.85, 0.9, 0.92), 10, 11)
-    stops = replay([*good, weak_late, weak_early, strong], FRACTIONS)
+    weak_baseline = _frozen(13, (0.55, 2.0, 20.0), (0.3, 0.4, 0.5, 0.52), 10, 11, **{attrs.BASELINE: "b"})
+    stops = replay([*good, weak_late, weak_early, strong, weak_baseline], FRACTIONS)
     assert set(stops) == {10}
     assert stops[10].point == 0 and stops[10].dominated_by.accuracy == 0.90
     # Repeats and infeasible trials neither gain nor dominate.

@@ -195,3 +195,23 @@ def test_duplicates_are_all_kept():
 def test_shape_is_checked():
     with pytest.raises(ValueError):
         pareto_mask(np.zeros((3, 2)), DIRS)
+
+
+def test_baselines_are_reference_points_with_the_front_member_that_dominates_each():
+    from search.report.front import dominated_by
+
+    trials = numbered([
+        complete(0.95, 0.2, 50.0),
+        complete(0.90, 0.5, 400.0, **{attrs.BASELINE: "mnv3-small-0.5-fp32"}),  # slower, larger, less accurate
+        complete(0.99, 0.9, 900.0, **{attrs.BASELINE: "mnv3-small-1-fp32"}),  # the most accurate: on the front
+        create_trial(state=TrialState.PRUNED, user_attrs={attrs.EARLY_STOPPED: {"reason": "crafted"}}),
+    ])
+    report = report_of(trials)
+    assert [p.baseline for p in report.baselines] == ["mnv3-small-0.5-fp32", "mnv3-small-1-fp32"]
+    weak, strong = report.baselines
+    assert dominated_by(weak, report.front) == 0 and not weak.on_front
+    assert strong.on_front and dominated_by(strong, report.front) is None
+    assert (report.n_rejected, report.n_stopped) == (0, 1)
+    lines = format_table(report).splitlines()
+    assert any("mnv3-small-0.5-fp32" in line and "dominated by trial 0" in line for line in lines)
+    assert any("mnv3-small-1-fp32" in line and "on the front" in line for line in lines)

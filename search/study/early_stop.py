@@ -124,13 +124,15 @@ def finished_trials(trials: Sequence[FrozenTrial]) -> list[Finished]:
 
 
 def replay(trials: Sequence[FrozenTrial], fractions: Sequence[float]) -> dict[int, Stop]:
-    """Which complete trials of a finished study the rule would have stopped, and where:
-    each judged at each curve point against the trials complete before it started,
+    """Which complete trials of a finished study the rule would have stopped, and where
+    (baselines never are): each judged at each curve point against the trials complete before it started,
     with its own final latency and size as the cost stage would have measured them."""
     finished = {f.number: f for f in finished_trials(trials)}
     by_number = {t.number: t for t in trials}
     stops = {}
     for number, f in finished.items():
+        if attrs.BASELINE in by_number[number].user_attrs:
+            continue  # baselines run to the end, as in the search
         started = by_number[number].datetime_start
         before = [
             g for g in finished.values()
