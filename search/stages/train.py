@@ -173,7 +173,10 @@ def fit(
     # training resolves anyway.
     torch.set_flush_denormal(True)
     device = data.pixels.device
-    model.to(device)
+    # Channels-last layout: the depthwise convolutions every candidate is built from train
+    # 1.6x (digits) to 2.3x (32 px) faster in it on a CPU, ResNet-18 as fast as before.
+    # The model goes back to the default layout after training, so nothing after it differs.
+    model.to(device, memory_format=torch.channels_last)
     if teacher_logits is not None:
         teacher_logits = teacher_logits.to(device)
     generator = torch.Generator().manual_seed(config.seed)
@@ -206,6 +209,7 @@ def fit(
             x, y = data.batch(idx), data.y[idx]
             if config.augment:
                 x = _augment(x, config, generator)
+            x = x.contiguous(memory_format=torch.channels_last)
             with _mixed_precision(device):
                 logits = model(x)
                 if teacher_logits is None:
@@ -231,7 +235,7 @@ def fit(
             state = _training_state(model, optimizer, schedule, generator, device, step, total_steps, loss_of_epoch)
             checkpoint.save(state)
     model.eval()
-    model.cpu()
+    model.to("cpu", memory_format=torch.contiguous_format)
     return loss_of_epoch
 
 
