@@ -5,7 +5,7 @@
     python nas.py report --study digits-host         rebuild a study's plot, CSV and files
     python nas.py status                             studies, trial counts, fronts
     python nas.py finalize --study digits-host --front   the front trained in full; proxy vs final
-    python nas.py export --study digits-host --trial 12 --out model.onnx [--final]
+    python nas.py export --study digits-host --trial 12 --out model/ [--final]
     python nas.py teacher --dataset cifar10 --data-dir DATA [--weights resnet18.pt]
     python nas.py agent --port 8470 --token SECRET   on the board: measure for the search
 
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run or resume a study (default)",
         description="Sample MobileNetV3-style networks and how to compress them, train each briefly with "
         "distillation from a teacher, export to ONNX, and measure accuracy, latency and size of the deployed "
-        "file. Ends with the Pareto front: a table, studies/STUDY/pareto.{csv,png} and the front's ONNX files. "
+        "file. Ends with the Pareto front: a table, the report studies/STUDY/report/index.html (plots and pareto.csv beside it) and the front's ONNX files in studies/STUDY/pareto/. "
         "Rerunning the same command resumes: --budget counts complete trials of the study, earlier runs included.",
     )
     s.add_argument("--budget", type=int, default=50, metavar="N", help="complete trials the study should end with (default: %(default)s)")
@@ -109,19 +109,41 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(s)
     s.add_argument("-v", "--verbose", action="store_true", help="log what each stage does")
 
-    r = sub.add_parser("report", help="rebuild a study's table, plot, CSV and front files")
+    r = sub.add_parser(
+        "report",
+        help="rebuild a study's report, table, plots, CSV and front files",
+        description="Rebuild studies/STUDY/report/index.html (one self-contained page: plots, the front's table, "
+        "baselines and the model to ship), pareto.csv beside it and the front's ONNX files. Works on a running "
+        "study too, marked as such.",
+    )
     r.add_argument("--study", metavar="NAME", required=True)
     r.add_argument("--storage", metavar="URL", help="as for search")
+    r.add_argument("--max-latency-ms", type=float, metavar="MS",
+                   help="choose the model to ship within this latency (default: the study's --max-latency-ms, if any)")
+    r.add_argument("--max-size-kb", type=float, metavar="KB",
+                   help="choose the model to ship within this file size (default: the study's --max-size-kb, if any)")
+    r.add_argument("--compare", nargs="+", default=[], metavar="OTHER",
+                   help="other studies (same --storage, or their own studies/OTHER/study.db) whose fronts go on the "
+                   "same plots and in one table, e.g. the same data on another target, or another sampler")
+    r.add_argument("--device", metavar="HOST:PORT", help="the board agent to re-time the front on, for a board target")
+    r.add_argument("--token", metavar="SECRET", default=os.environ.get("EDGENAS_TOKEN"), help="the agent's token (default: $EDGENAS_TOKEN)")
     _add_data_args(r)
 
     st = sub.add_parser("status", help="list studies with their trial counts")
     _add_study_args(st)
 
-    e = sub.add_parser("export", help="write a trial's deployed ONNX file")
+    e = sub.add_parser(
+        "export",
+        help="write a trial's deployed ONNX file with its model card",
+        description="Write a trial's deployed ONNX file into a folder, with its model card: card.json and "
+        "README.md (input shape and preprocessing, class names, accuracy, latency and where it was measured) "
+        "and predict.py, which runs the file on one image. Reads only the study's database.",
+    )
     e.add_argument("--study", metavar="NAME", required=True)
     e.add_argument("--storage", metavar="URL", help="as for search")
     e.add_argument("--trial", type=int, required=True, metavar="N")
-    e.add_argument("--out", metavar="PATH", help="output file (default: trial-N.onnx, trial-N-final.onnx with --final)")
+    e.add_argument("--out", metavar="DIR", help="folder to write (default: STUDY-trial-N, STUDY-trial-N-final with --final)")
+    e.add_argument("--force", action="store_true", help="replace what --out holds")
     e.add_argument("--final", action="store_true", help="the file 'nas.py finalize' made of the trial's candidate")
 
     f = sub.add_parser(

@@ -4,6 +4,7 @@
                                   [--early-stop off|on|both] [--no-baselines]
     python bench/search.py sampler-overhead [--trials 1000] [--samplers nsga2,tpe]
     python bench/search.py trial-overhead --study NAME [--storage URL]
+    python bench/search.py margins [--margins 0.01,0.02,0.03,0.05]
 
 ``fronts`` runs one digits study (default settings, as ``make search``) per sampler, seed
 and early-stop setting, in studies/bench-search/ (a rerun resumes and reuses them), and
@@ -23,6 +24,10 @@ the same wall time: the hypervolume each had after the same compute.
 against the time spent training (proxy training less its learning-curve passes, plus
 the fine-tunes); the rest (sampling, build, probe, prune surgery, export, quantize,
 evaluation, measurement, storage writes) is the overhead, by stage.
+
+``margins`` replays the early-stop rule over every study of ``fronts`` without it, once
+per ``MARGIN`` (the accuracy added to the largest gain seen): what each would stop, and
+how many front members.
 
 ``sampler-overhead`` runs the trial loop with a fake objective (the real compact space's
 parameters, values a cheap function of them) to ``--trials`` complete trials in one SQLite
@@ -44,7 +49,8 @@ from common import ROOT, log, print_json, print_table
 from optuna.trial import TrialState
 
 from search.progress import SearchProgress
-from search.report.front import build_report, dominated_by, pareto_mask
+from search.report.front import build_report, dominated_by
+from search.report.hypervolume import Scaling, hypervolume, objective_points
 from search.runner import SearchRequest, run_search
 from search.study import attrs, early_stop, loop
 from search.study.config import StudyConfig
@@ -54,30 +60,6 @@ from search.targets import get_target
 
 REFERENCE = {"error": 1.0, "latency_ms": 1.0, "size_kb": 1024.0}
 WORK = ROOT / "studies" / "bench-search"
-
-
-def hypervolume(points: np.ndarray) -> float:
-    """Volume dominated by ``points`` (n x 3, all minimised, in the unit cube) up to (1, 1, 1):
-    the sweep over the first objective of the 2-D areas of the points before each slice."""
-    pts = points[np.all(points < 1.0, axis=1)]
-    if len(pts) == 0:
-        return 0.0
-    pts = pts[np.argsort(pts[:, 0])]
-    volume = 0.0
-    for i in range(len(pts)):
-        depth = (pts[i + 1, 0] if i + 1 < len(pts) else 1.0) - pts[i, 0]
-        if depth > 0:
-            volume += depth * _area(pts[: i + 1, 1:])
-    return volume
-
-
-def _area(points: np.ndarray) -> float:
-    area, best_y = 0.0, 1.0
-    for x, y in sorted(map(tuple, points)):
-        if y < best_y:
-            area += (1.0 - x) * (best_y - y)
-            best_y = y
-    return area
 
 
 def normalised(trials) -> np.ndarray:
@@ -156,8 +138,8 @@ def cmd_fronts(args) -> None:
                  "replay: front lost", "replay: stopped"], rows)
     union = _union_scaling(results)
     for name, r in results.items():
-        r["hypervolume_union"] = round(hypervolume(union(counted(_trials_of(name)))), 5)
-    summary = _compare(results, args)
+        r["hypervolume_union"] = round(hypervolume(union.apply(objective_points(_trials_of(name)))), 5)
+    summary = _compare(results)
     print_table("Hypervolume, objectives scaled over the union of all these studies' fronts (reference 1.1)",
                 ["study", "HV (union scaling)", "HV (fixed reference)"],
                 [[n, r["hypervolume_union"], r["hypervolume"]] for n, r in results.items()])
@@ -168,23 +150,10 @@ def _trials_of(name: str):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{WORK}/{name}.db").get_trials(deepcopy=False)
 
 
-def _union_scaling(results: dict):
-    """Scaling shared by all compared studies: each objective (error, log latency, log size)
-    mapped from the best value any of their fronts reached (0) to the worst value on the
-    union of their fronts (1); the reference point is 1.1 in each. The fixed reference
-    above leaves every digits front near 0.9, where no sampler can look 15% better."""
-    points = np.concatenate([_raw(counted(_trials_of(n))) for n in results])
-    front = points[pareto_mask(points, ("minimize",) * 3)]
-    ideal, nadir = points.min(axis=0), front.max(axis=0)
-
-    def scale(trials):
-        return (_raw(trials) - ideal) / (nadir - ideal) / 1.1
-    return scale
-
-
-def _raw(trials) -> np.ndarray:
-    feasible = [t for t in trials if all(v <= 0 for v in t.user_attrs.get(attrs.CONSTRAINT_VIOLATION) or [])]
-    return np.array([[1.0 - t.values[0], np.log(t.values[1]), np.log(t.values[2])] for t in feasible]).reshape(-1, 3)
+def _union_scaling(results: dict) -> Scaling:
+    """One scaling for all compared studies (``search.report.hypervolume``): the fixed
+    reference above leaves every digits front near 0.9, where no sampler can look 15% better."""
+    return Scaling.of([objective_points(_trials_of(n)) for n in results])
 
 
 def _saved(trials, number: int, stop) -> float:
@@ -196,7 +165,7 @@ def _saved(trials, number: int, stop) -> float:
     return train * (1 - stop.fraction) + ua.get(attrs.FINETUNE_SECONDS, 0.0)
 
 
-def _compare(results: dict, args) -> dict:
+def _compare(results: dict) -> dict:
     summary = {}
     by = {}
     for r in results.values():
@@ -327,6 +296,28 @@ def cmd_trial_overhead(args) -> None:
     print_json(result)
 
 
+def cmd_margins(args) -> None:
+    """The early-stop rule replayed over every finished study without it in studies/bench-search/,
+    once per margin: trials it would stop, front members among them, training it would save."""
+    studies = {db.stem: _trials_of(db.stem) for db in sorted(WORK.glob("*-full.db"))}
+    fractions = early_stop.curve_fractions(StudyConfig().epochs)
+    rows, result = [], {}
+    for margin in map(float, args.margins.split(",")):
+        early_stop.MARGIN = margin  # the rule reads it at each check
+        stopped = lost = 0
+        saved = 0.0
+        for trials in studies.values():
+            stops = early_stop.replay(trials, fractions)
+            front = {p.number for p in front_of(trials).front}
+            stopped, lost = stopped + len(stops), lost + len(front & set(stops))
+            saved += sum(_saved(trials, n, s) for n, s in stops.items())
+        result[margin] = {"stopped": stopped, "front_lost": lost, "train_saved_s": round(saved, 1)}
+        rows.append([margin, stopped, lost, f"{saved:.0f}"])
+    print_table(f"Early stop replayed over {len(studies)} studies", ["margin", "stopped", "front members lost",
+                                                                   "training saved s"], rows)
+    print_json(result)
+
+
 def _training_seconds(t) -> float:
     ua = t.user_attrs
     return ua.get(attrs.SECONDS_PREFIX + "train", 0.0) - ua.get(attrs.CURVE_SECONDS, 0.0) + ua.get(attrs.FINETUNE_SECONDS, 0.0)
@@ -336,7 +327,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fronts")
-    f.add_argument("--samplers", default="nsga2,tpe,random")
+    f.add_argument("--samplers", default="tpe,nsga2,random")
     f.add_argument("--seeds", default="0,1,2")
     f.add_argument("--budget", type=int, default=50)
     f.add_argument("--early-stop", choices=("off", "on", "both"), default="both")
@@ -350,8 +341,11 @@ def main() -> None:
     t = sub.add_parser("trial-overhead")
     t.add_argument("--study", required=True)
     t.add_argument("--storage")
+    m = sub.add_parser("margins")
+    m.add_argument("--margins", default="0.01,0.02,0.03,0.05")
     args = parser.parse_args()
-    commands = {"fronts": cmd_fronts, "sampler-overhead": cmd_sampler_overhead, "trial-overhead": cmd_trial_overhead}
+    commands = {"fronts": cmd_fronts, "sampler-overhead": cmd_sampler_overhead, "trial-overhead": cmd_trial_overhead,
+                "margins": cmd_margins}
     commands[args.command](args)
 
 

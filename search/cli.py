@@ -153,10 +153,13 @@ class TerminalProgress(SearchProgress):
 
 
 def _print_outputs(report, out_dir: Path) -> None:
+    from .report.decision import decide, describe
     from .report.front import format_table
 
     print(format_table(report))
-    print(f"\nwrote {out_dir}/pareto.png, {out_dir}/pareto.csv and {len(report.front)} ONNX files in {out_dir}/pareto/")
+    print("\n" + "\n".join(describe(decide(report))))
+    print(f"\nwrote the report {out_dir}/report/index.html (with its plots and pareto.csv) "
+          f"and {len(report.front)} ONNX files in {out_dir}/pareto/")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -185,9 +188,17 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .runner import report_study
+    from .runner import ReportRequest, report_study
 
-    report = report_study(args.study, args.storage, args.data_dir, args.cache_dir, args.skip_bad_images)
+    for flag, value in (("--max-latency-ms", args.max_latency_ms), ("--max-size-kb", args.max_size_kb)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{flag} must be > 0, got {value:g}")
+    request = ReportRequest(
+        study=args.study, storage=args.storage, data_dir=args.data_dir, cache_dir=args.cache_dir,
+        skip_bad_images=args.skip_bad_images, max_latency_ms=args.max_latency_ms, max_size_kb=args.max_size_kb,
+        device=args.device, token=args.token, compare=tuple(args.compare),
+    )
+    report = report_study(request, TerminalProgress())
     _print_outputs(report, study_dir(report.study))
     return 0
 
@@ -210,13 +221,19 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .report.card import MODEL_FILE, SNIPPET_FILE, check_out_dir, model_card, write_export
     from .study.storage import deployed_model
 
-    data, ua = deployed_model(args.study, args.storage, args.trial, final=args.final)
-    out = Path(args.out or f"trial-{args.trial}{'-final' if args.final else ''}.onnx")
-    out.write_bytes(data)
-    print(f"wrote {out} ({len(data) / 1024:.1f} KB): {ua.get(attrs.ARCH)} [{ua.get(attrs.COMPRESSION)}], "
-          f"val accuracy {ua.get(attrs.ACCURACY):.4f}, p50 {ua.get(attrs.LATENCY_P50):.3f} ms")
+    out = Path(args.out or f"{args.study}-trial-{args.trial}{'-final' if args.final else ''}")
+    check_out_dir(out, args.force)
+    deployed = deployed_model(args.study, args.storage, args.trial, final=args.final)
+    card = model_card(args.study, args.trial, deployed, final=args.final)
+    write_export(out, deployed, card, args.force)
+    acc = card["accuracy"]
+    test = "not measured" if acc["test"] is None else f"{acc['test']:.4f}"
+    print(f"wrote {out}/: {MODEL_FILE} ({card['size_kb']} KB), card.json, README.md, {SNIPPET_FILE}\n"
+          f"  {card['architecture']} [{card['compression']}]\n"
+          f"  accuracy: validation {acc['validation']:.4f}, test {test}; p50 {card['latency_ms']['p50']:.3f} ms")
     return 0
 
 

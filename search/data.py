@@ -112,6 +112,22 @@ class Dataset:
         """Large images: random-resized crops to train a teacher, a strided teacher stem."""
         return self.resolution > SMALL_IMAGE_MAX
 
+    def record(self) -> dict:
+        """What a study records of its data (``attrs.STUDY_DATA``): how training turned an
+        image into a network input, which a model card repeats, and what identifies this copy."""
+        return {
+            "name": self.name,
+            "classes": list(self.classes),
+            "channels": "grey" if self.in_chs == 1 else "RGB",
+            "resolution": self.resolution,
+            # Shorter side resized to this (bilinear), then a centre crop of resolution x resolution.
+            "resize_to": _scaled_size((self.resolution, self.resolution), self.resolution)[0],
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "images": {"train": len(self.train), "val": len(self.val), "test": len(self.test)},
+            "fingerprint": self.fingerprint(),
+        }
+
     def fingerprint(self) -> str:
         """Identifies the exact training data: keys the teacher cache."""
         h = hashlib.sha256(self.name.encode())

@@ -6,7 +6,7 @@ is checked before anything is written, so a bad command leaves no trace.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import optuna
@@ -14,21 +14,29 @@ import torch
 
 from spaces import get_space
 
+from .board.client import AgentError
 from .data import Dataset, balanced_subset, check_dataset_name, load_dataset
 from .progress import SearchProgress
 from .report.draw import write_outputs
-from .report.front import Report, build_report, finalized_points
+from .report.front import ComparedStudy, Report, TeacherPoint, build_report, compared_study, finalized_points, provenance
+from .report.hypervolume import hypervolume_by_trial
+from .report.importance import param_importances
+from .report.retime import ROUNDS, retime, same_setup
 from .stages.evaluate import onnx_accuracy
 from .stages.measure import CachedMeasurer, Measurer, make_measurer
-from .stages.teacher import Teacher, load_or_train_teacher, teacher_logits
+from .stages.export import export_onnx
+from .stages.teacher import Teacher, load_or_train_teacher, teacher_logits, teacher_path
 from .stages.train import train_device
 from .study import attrs
 from .study.baselines import enqueue_baselines, study_baselines
 from .study.config import ConfigError, StudyConfig, study_dir
 from .study.loop import count_complete, run_trials
 from .study.objective import StudyObjective, TrialContext
-from .study.storage import SearchError, Store, StudyPlan, TrialStartLock, existing_study, open_study, plan_study, study_config
-from .targets import Target, get_target
+from .study.storage import (
+    SearchError, Store, StudyPlan, TrialStartLock, existing_study, open_storage, open_study, plan_study, sha256,
+    study_config,
+)
+from .targets import Target, TargetError, get_target
 
 
 CHANCE_MULTIPLE = 1.5  # a teacher below 1.5x chance accuracy has learned nothing to distil
@@ -91,6 +99,7 @@ def run_search(request: SearchRequest, progress: SearchProgress = SearchProgress
     data = load_dataset(config.dataset, request.data_dir, request.cache_dir, config.resolution, request.skip_bad_images)
     announce_data(data, progress)
     study, store = open_study(p.plan, data.resolution)
+    record_data(study, data)
     config = study_config(study)
     progress.message(f"study {p.plan.name}: {count_complete(study)} of {request.budget} trials complete; storage {p.plan.url}")
     progress.message(f"target {p.target.describe()}")
@@ -117,7 +126,10 @@ def run_search(request: SearchRequest, progress: SearchProgress = SearchProgress
         run_trials(study, config, request.budget, StudyObjective(ctx), start_lock, progress)
     finally:
         start_lock.close()
-    return finish(study, data, store, study_dir(p.plan.name), p.target.name)
+    return finish(
+        study, data, store, study_dir(p.plan.name), p.target.name, config.max_latency_ms, config.max_size_kb,
+        measurer, progress, teacher=teacher,
+    )
 
 
 def start_with_baselines(study: optuna.Study, ctx: TrialContext, budget: int) -> None:
@@ -134,6 +146,13 @@ def start_with_baselines(study: optuna.Study, ctx: TrialContext, budget: int) ->
             f"--budget {budget} is within the {len(chosen)} baselines: this run trains baselines only "
             "(a later run with a larger --budget searches; --no-baselines for a study without them)"
         )
+
+
+def record_data(study: optuna.Study, data: Dataset) -> None:
+    """Keep what the study's data is (``Dataset.record``) with the study, once: exported
+    models' cards read their preprocessing and class names from it."""
+    if attrs.STUDY_DATA not in study.user_attrs:
+        study.set_user_attr(attrs.STUDY_DATA, data.record())
 
 
 def announce_data(data: Dataset, progress: SearchProgress) -> None:
@@ -170,8 +189,16 @@ def check_teacher(teacher: Teacher, data: Dataset) -> None:
         )
 
 
-def finish(study: optuna.Study, data: Dataset, store: Store, out_dir: Path, target_name: str) -> Report:
-    """Test accuracy of the front members (the search's only use of the test split), then the outputs."""
+def finish(
+    study: optuna.Study, data: Dataset, store: Store, out_dir: Path, target_name: str,
+    max_latency_ms: float | None = None, max_size_kb: float | None = None,
+    measurer: Measurer | None = None, progress: SearchProgress = SearchProgress(),
+    compared: tuple[ComparedStudy, ...] = (), teacher: Teacher | None = None,
+) -> Report:
+    """Test accuracy of the front members (the search's only use of the test split); where
+    ``measurer`` times as the search did, the teacher measured and the front, baselines and
+    teacher re-timed together; then the outputs, with the model to ship within
+    ``max_latency_ms`` and ``max_size_kb`` (or the knee)."""
     trials = study.get_trials(deepcopy=False)
     report = build_report(study.study_name, data.name, target_name, trials, {})
     tested = {int(k): v for k, v in study.user_attrs.get(attrs.STUDY_TEST_ACCURACY, {}).items()}
@@ -183,16 +210,116 @@ def finish(study: optuna.Study, data: Dataset, store: Store, out_dir: Path, targ
     if missing:
         study.set_user_attr(attrs.STUDY_TEST_ACCURACY, {str(k): v for k, v in sorted(tested.items())})
     report = build_report(study.study_name, data.name, target_name, trials, tested, finalized_points(study.user_attrs))
+    measurer, note = measurer_here(report, trials, measurer)
+    teacher_onnx = point = None
+    if teacher is not None and measurer is not None:
+        progress.stage(None, "teacher: export and measure")
+        try:
+            teacher_onnx, point = teacher_point(study, teacher, data, measurer)
+        except AgentError as e:  # e.g. a board agent whose upload limit is below a ResNet-18
+            progress.message(f"the teacher is not drawn: {e}")
+    retimed = retime_front(report, store, measurer, progress, teacher_onnx) if measurer is not None else {}
+    if retimed:
+        who = "front, baselines and teacher" if teacher_onnx is not None else "front and baselines"
+        note = f"{who} re-timed together: {ROUNDS} interleaved rounds, the median over rounds"
+    if point is not None and "teacher" in retimed:
+        point = replace(point, retimed_p50_ms=retimed["teacher"].p50_ms)
+    report = build_report(
+        study.study_name, data.name, target_name, trials, tested, finalized_points(study.user_attrs), retimed
+    )
+    report = replace(
+        report, max_latency_ms=max_latency_ms, max_size_kb=max_size_kb, retime_note=note,
+        hypervolume_curve=tuple(hypervolume_by_trial(trials)), importances=param_importances(trials),
+        compared=compared, teacher=point,
+    )
     write_outputs(report, out_dir, store.get_model)
     return report
 
 
-def report_study(
-    study: str, storage: str | None, data_dir: str | None, cache_dir: str, skip_bad_images: bool = False
-) -> Report:
+def teacher_point(study: optuna.Study, teacher: Teacher, data: Dataset, measurer: Measurer) -> tuple[bytes, TeacherPoint]:
+    """The teacher's ONNX file, its validation accuracy under ONNX Runtime (kept in the study,
+    per file, so later reports do not evaluate it again) and its latency."""
+    onnx = export_onnx(teacher.model.eval(), data.val.batch(slice(0, 1)))
+    key = sha256(onnx)
+    known = study.user_attrs.get(attrs.STUDY_TEACHER_ACCURACY, {})
+    if key not in known:
+        known = {**known, key: onnx_accuracy(onnx, data.val)}
+        study.set_user_attr(attrs.STUDY_TEACHER_ACCURACY, known)
+    stats = measurer.measure(onnx)
+    return onnx, TeacherPoint(known[key], stats.stats.p50_ms, stats.stats.p90_ms, len(onnx) / 1024,
+                              provenance(stats.measured_on))
+
+
+def measurer_here(report: Report, trials, measurer: Measurer | None) -> tuple[Measurer | None, str]:
+    """``measurer`` where it times as the study's front and baselines were timed, else None
+    and why: figures from another machine or setting would sit beside the search's."""
+    chosen = {p.number for p in [*report.front, *report.baselines]}
+    if not chosen:
+        return None, ""
+    if measurer is None:
+        return None, "not re-timed: no measurer for the study's target here"
+    if not same_setup(measurer, [t.user_attrs.get(attrs.MEASURED_ON, {}) for t in trials if t.number in chosen]):
+        return None, "not re-timed: this machine or its settings are not where the study measured"
+    return measurer, ""
+
+
+def retime_front(
+    report: Report, store: Store, measurer: Measurer, progress: SearchProgress, teacher_onnx: bytes | None = None
+) -> dict:
+    """The front members, baselines and teacher (key "teacher") timed again together (``report.retime``)."""
+    chosen = [*report.front, *report.baselines]
+    models = {p.number: m for p, m in ((p, store.get_model(p.onnx_sha256)) for p in chosen) if m is not None}
+    if teacher_onnx is not None:
+        models["teacher"] = teacher_onnx
+    progress.stage(None, f"re-timing {len(models)} models")
+    return retime(models, measurer, on_progress=progress.steps)
+
+
+@dataclass(frozen=True)
+class ReportRequest:
+    """``nas.py report``: which study, and the budget to choose a model within (default: the study's limits)."""
+
+    study: str
+    storage: str | None = None
+    data_dir: str | None = None
+    cache_dir: str = "studies/.cache"
+    skip_bad_images: bool = False
+    max_latency_ms: float | None = None
+    max_size_kb: float | None = None
+    device: str | None = None  # the board agent to re-time on, for a board target
+    token: str | None = None
+    compare: tuple[str, ...] = ()  # other studies in the same storage whose fronts go beside this one's
+
+
+def report_study(request: ReportRequest, progress: SearchProgress = SearchProgress()) -> Report:
     """Rebuild the outputs of an existing study (``nas.py report``)."""
-    plan = existing_study(study, storage)
-    check_dataset_name(plan.config.dataset, data_dir)
-    data = load_dataset(plan.config.dataset, data_dir, cache_dir, plan.config.resolution, skip_bad_images)
+    plan = existing_study(request.study, request.storage)
+    others = [existing_study(name, request.storage) for name in request.compare]
+    check_dataset_name(plan.config.dataset, request.data_dir)
+    measurer = None
+    try:
+        measurer = make_measurer(get_target(plan.config.target, request.device), request.token)
+    except TargetError:
+        if request.device is not None:  # asked for that board, which cannot be reached: say so
+            raise
+    data = load_dataset(plan.config.dataset, request.data_dir, request.cache_dir, plan.config.resolution,
+                        request.skip_bad_images)
     opened, store = open_study(plan, data.resolution)
-    return finish(opened, data, store, study_dir(study), plan.config.target)
+    record_data(opened, data)
+    config = study_config(opened)
+    # The teacher is drawn only where it is cached: a report never trains one.
+    teacher = load_or_train_teacher(data, request.cache_dir) if teacher_path(data, request.cache_dir).exists() else None
+    return finish(
+        opened, data, store, study_dir(request.study), plan.config.target,
+        config.max_latency_ms if request.max_latency_ms is None else request.max_latency_ms,
+        config.max_size_kb if request.max_size_kb is None else request.max_size_kb,
+        measurer, progress, tuple(compared_front(other) for other in others), teacher,
+    )
+
+
+def compared_front(plan: StudyPlan) -> ComparedStudy:
+    """The front of another existing study, as its own database has it."""
+    study = optuna.load_study(study_name=plan.name, storage=open_storage(plan.url))
+    tested = {int(k): v for k, v in study.user_attrs.get(attrs.STUDY_TEST_ACCURACY, {}).items()}
+    data = study.user_attrs.get(attrs.STUDY_DATA, {}).get("name", plan.config.dataset)
+    return compared_study(build_report(plan.name, data, plan.config.target, study.get_trials(deepcopy=False), tested))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import http.client
 import io
 import json
@@ -25,6 +26,7 @@ from optuna.trial import TrialState
 
 from conftest import FAST, ROOT, run_nas
 from search.board import client as agent_client
+from search.report import retime
 from search.study import attrs
 from search.board.agent import PROTOCOL, ModelRunner, RequestError, measure_job
 from search.board.client import AgentError, AgentMeasurer
@@ -310,10 +312,16 @@ def test_a_study_measures_every_trial_on_the_agent(agent, tmp_path, cache_dir):
         assert trial.user_attrs[attrs.ACCURACY_ON_TARGET] == pytest.approx(trial.user_attrs[attrs.ACCURACY], abs=0.01)
     assert "via agent" in result.stdout
     # Each distinct deployed file is measured once on the agent (the study's latency cache
-    # answers any repeat), and only those requests were made while this study ran.
+    # answers any repeat); the only other requests re-time the front on it before the report,
+    # once a round. The teacher's file is over the agent's upload limit: not drawn, said so.
     measured = [t for t in _all_trials(tmp_path, "remote") if t.user_attrs.get(attrs.LATENCY_CACHED) is False]
     assert len({t.user_attrs[attrs.ONNX_SHA256] for t in measured}) == len(measured) >= 2
-    assert log_path.read_text()[log_before:].count("POST /measure -> 200") == len(measured)
+    rows = list(csv.DictReader((tmp_path / "studies" / "remote" / "report" / "pareto.csv").open()))
+    front = [r for r in rows if r["on_front"] == "True"]
+    assert all(r["retimed_p50_ms"] for r in front) and "front and baselines re-timed together" in result.stdout
+    assert "the teacher is not drawn" in result.stderr
+    requests = log_path.read_text()[log_before:].count("POST /measure -> 200")
+    assert requests == len(measured) + retime.ROUNDS * len(front)
 
 
 # Installed on the PYTHONPATH of a second agent: its ONNX Runtime answers with every row

@@ -31,7 +31,7 @@ def write_toml(root, study: str, text: str) -> None:
 
 def test_defaults_are_the_documented_recipe():
     c = StudyConfig()
-    assert (c.dataset, c.space, c.target, c.sampler) == ("digits", "auto", "host", "nsga2")
+    assert (c.dataset, c.space, c.target, c.sampler) == ("digits", "auto", "host", "tpe")
     assert (c.alpha, c.temperature, c.epochs, c.finetune_epochs) == (0.3, 4.0, 8.0, 4.0)
     assert c.max_latency_ms is None and c.max_size_kb is None
 

@@ -1,18 +1,20 @@
-"""The front drawn and written (search/report/draw.py): pareto.csv, pareto.png and the front's
-ONNX files, from a Report of real Optuna trials and models kept in a real Store."""
+"""The study's outputs drawn and written (search/report/draw.py): the report folder
+(index.html, its plots, pareto.csv) and the front's ONNX files, from a Report of real
+Optuna trials and models kept in a real Store."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
 
+import matplotlib.colors
 import matplotlib.image
 import pytest
 import torch
 from matplotlib.figure import Figure
 
 from search.board.timing import make_session
-from search.report.draw import draw, write_outputs
+from search.report.draw import QUANT_COLOURS, draw, draw_hypervolume, write_outputs
 from search.report.front import CSV_FIELDS, build_report
 from search.stages.export import export_onnx
 from search.study import attrs
@@ -56,11 +58,15 @@ def figures(monkeypatch) -> list[Figure]:
     return saved
 
 
+CURVE = [(1, 0.2), (2, 0.5), (4, 0.6)]
+
+
 def test_write_outputs_writes_the_csv_of_every_complete_trial(tmp_path, stored):
     report = report_with_models(stored[1])
     paths = write_outputs(report, tmp_path / "out", stored[0].get_model)
-    assert paths == [tmp_path / "out" / "pareto.csv", tmp_path / "out" / "pareto.png", tmp_path / "out" / "pareto"]
-    rows = list(csv.DictReader((tmp_path / "out" / "pareto.csv").open()))
+    assert paths == [tmp_path / "out" / "report", tmp_path / "out" / "pareto"]
+    assert sorted(p.name for p in paths[0].iterdir()) == ["hypervolume.png", "importance.png", "index.html", "pareto.csv", "pareto.png"]
+    rows = list(csv.DictReader((tmp_path / "out" / "report" / "pareto.csv").open()))
     assert list(rows[0]) == CSV_FIELDS
     assert [int(r["number"]) for r in rows] == FRONT + [4, 2]
     assert [r["on_front"] for r in rows] == ["True"] * 4 + ["False"] * 2
@@ -74,6 +80,7 @@ def test_write_outputs_leaves_exactly_the_front_files_that_are_stored(tmp_path, 
     (out / "pareto" / "trial-0099.onnx").write_bytes(b"left the front")
     (out / "pareto.tmp").mkdir()
     (out / "pareto.tmp" / "trial-0098.onnx").write_bytes(b"an interrupted earlier run")
+    (out / "pareto.png").write_bytes(b"where an earlier version drew the front")
     write_outputs(report_with_models(models), out, store.get_model)
     # Trial 7 is on the front but its file is not stored: skipped, not an error. Trial 2 is off it.
     assert sorted(p.name for p in (out / "pareto").iterdir()) == ["trial-0000.onnx", "trial-0001.onnx", "trial-0003.onnx"]
@@ -82,11 +89,13 @@ def test_write_outputs_leaves_exactly_the_front_files_that_are_stored(tmp_path, 
         assert written == models[number]
         meta = make_session(written, threads=1).get_modelmeta().custom_metadata_map
         assert meta["trial"] == str(number)
-    assert sorted(p.name for p in out.iterdir()) == ["pareto", "pareto.csv", "pareto.png"]  # nothing temporary left
+    assert sorted(p.name for p in out.iterdir()) == ["pareto", "report"]  # nothing temporary or stale left
 
 
 def test_the_plot_is_a_png_of_both_views(tmp_path, stored, figures):
-    report = report_with_models(stored[1])
+    trials = sample_trials(t0={attrs.PRUNE_RATIO: 0.3, attrs.QUANT: "int8-static", attrs.LATENCY: {"p10_ms": 1.5}},
+                           t1={attrs.QUANT: "fp16"})
+    report = build_report("s", "digits", "host", trials, {0: 0.93})
     draw(report, tmp_path / "pareto.png")
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert matplotlib.image.imread(tmp_path / "pareto.png").shape[:2] == (624, 1560)  # 13 x 5.2 in at 120 dpi
@@ -94,10 +103,20 @@ def test_the_plot_is_a_png_of_both_views(tmp_path, stored, figures):
     (fig,) = figures
     latency_ax, size_ax = fig.axes
     front = report.front
-    assert [tuple(xy) for xy in latency_ax.collections[1].get_offsets()] == [(p.latency_ms, p.accuracy) for p in front]
-    assert [tuple(xy) for xy in size_ax.collections[1].get_offsets()] == [(p.size_kb, p.accuracy) for p in front]
-    assert len(latency_ax.collections[0].get_offsets()) == 2  # trials 2 and 4, off the front
-    assert "other trials (pink: over a limit)" in latency_ax.get_legend_handles_labels()[1]
+    for ax, key in ((latency_ax, "latency_ms"), (size_ax, "size_kb")):
+        drawn = {c.get_label(): [tuple(xy) for xy in c.get_offsets()] for c in ax.collections}
+        assert drawn["front, pruned"] == [(getattr(p, key), p.accuracy) for p in front if p.number == 0]
+        assert drawn["front, unpruned"] == [(getattr(p, key), p.accuracy) for p in front if p.number != 0]
+        assert len(drawn["other trials (pink edge: over a limit)"]) == 2  # trials 2 and 4, off the front
+    unpruned = next(c for c in latency_ax.collections if c.get_label() == "front, unpruned")
+    assert [tuple(c[:3]) for c in unpruned.get_facecolors()] == [
+        matplotlib.colors.to_rgb(QUANT_COLOURS[q]) if q else matplotlib.colors.to_rgb("lightgrey")
+        for q in ("", "fp16", "")]  # trials 3, 1, 7: colour by quantization mode
+    (bars,) = [c for c in latency_ax.containers if c.get_label() == "_p10-p90"]
+    (segments,) = bars.lines[2]
+    assert [tuple(seg[:, 0]) for seg in segments.get_segments()] == [(1.5, 2.5)]  # trial 0: p10 1.5, p90 1.25 x 2.0 ms
+    assert {"int8-static", "fp16"} <= set(latency_ax.get_legend().get_texts()[i].get_text()
+                                          for i in range(len(latency_ax.get_legend().get_texts())))
     # The staircase's corners are labelled with their trial numbers.
     assert [t.get_text() for t in latency_ax.texts] == ["3", "1", "0"]  # 7 is slower and less accurate than 0
     assert [t.get_text() for t in size_ax.texts] == ["7", "1", "0"]
@@ -110,3 +129,34 @@ def test_an_emulated_latency_is_labelled_on_the_axis(tmp_path, stored, figures):
     report = dataclasses.replace(report_with_models(stored[1]), emulated=True)
     draw(report, tmp_path / "pareto.png")
     assert figures[0].axes[0].get_xlabel() == "latency p50 (ms, batch 1) [EMULATED]"
+
+
+def test_the_hypervolume_plot_draws_the_curve_it_is_given(tmp_path, figures):
+    draw_hypervolume(CURVE, tmp_path / "hv.png")
+    (fig,) = figures
+    (line,) = fig.axes[0].lines
+    assert list(line.get_xdata()) == [1, 2, 4] and list(line.get_ydata()) == [0.2, 0.5, 0.6]
+
+
+def test_a_compared_study_s_front_is_drawn_in_its_own_colour_and_other_data_is_labelled(tmp_path, figures):
+    from search.report.front import compared_study
+
+    other = dataclasses.replace(compared_study(build_report("s", "digits", "host", sample_trials(), {})),
+                                name="other", dataset="cifar10", target="arm")
+    report = dataclasses.replace(build_report("s", "digits", "host", sample_trials(), {}), compared=(other,))
+    draw(report, tmp_path / "pareto.png")
+    latency_ax = figures[0].axes[0]
+    drawn = {c.get_label(): c for c in latency_ax.collections}
+    points = drawn["front of other (target arm) [other data: cifar10]"]
+    assert [tuple(xy) for xy in points.get_offsets()] == [(p.latency_ms, p.accuracy) for p in other.front]
+
+
+def test_the_teacher_is_a_black_star_on_both_views(tmp_path, figures):
+    from search.report.front import TeacherPoint
+
+    teacher = TeacherPoint(0.99, 1.5, 1.75, 44.0, "here")
+    draw(dataclasses.replace(build_report("s", "digits", "host", sample_trials(), {}), teacher=teacher), tmp_path / "p.png")
+    latency_ax, size_ax = figures[0].axes
+    for ax, x in ((latency_ax, 1.5), (size_ax, 44.0)):
+        (star,) = [c for c in ax.collections if c.get_label() == "teacher: ResNet-18, fp32"]
+        assert [tuple(xy) for xy in star.get_offsets()] == [(x, 0.99)]

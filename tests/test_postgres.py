@@ -50,7 +50,7 @@ def test_three_workers_started_together_train_distinct_candidates_to_exactly_the
     store.close()
     # Every worker leaves the front's files on its own machine.
     for name in ("a", "b", "c"):
-        assert (tmp_path / name / "studies" / STUDY / "pareto.csv").exists()
+        assert (tmp_path / name / "studies" / STUDY / "report" / "pareto.csv").exists()
 
 
 @pytest.mark.slow

@@ -40,8 +40,9 @@ def test_search_end_to_end(tmp_path, cache_dir, digits):
     assert "Pareto front of study e2e" in result.stdout
 
     out = tmp_path / "studies" / "e2e"
-    assert (out / "pareto.png").stat().st_size > 10_000
-    rows = list(csv.DictReader((out / "pareto.csv").open()))
+    assert (out / "report" / "pareto.png").stat().st_size > 10_000
+    assert "<!DOCTYPE html>" in (out / "report" / "index.html").read_text()
+    rows = list(csv.DictReader((out / "report" / "pareto.csv").open()))
     assert len(rows) == 3
     front = [r for r in rows if r["on_front"] == "True"]
     assert front and sorted(p.name for p in (out / "pareto").iterdir()) == sorted(
@@ -186,15 +187,15 @@ def test_status_export_and_report_commands(tmp_path, monkeypatch, capsys, cache_
 
     study, url = _study(tmp_path, "cmds")
     trial = study.get_trials(states=(TrialState.COMPLETE,))[0]
-    assert nas.main(["export", "--study", "cmds", "--trial", str(trial.number), "--out", "model.onnx"]) == 0
+    assert nas.main(["export", "--study", "cmds", "--trial", str(trial.number), "--out", "model"]) == 0
     store = Store(url)
-    assert (tmp_path / "model.onnx").read_bytes() == store.get_model(trial.user_attrs[attrs.ONNX_SHA256])
+    assert (tmp_path / "model" / "model.onnx").read_bytes() == store.get_model(trial.user_attrs[attrs.ONNX_SHA256])
     store.close()
     assert nas.main(["export", "--study", "cmds", "--trial", "99"]) == 2
     assert "no deployed model for trial 99" in capsys.readouterr().err
 
-    (tmp_path / "studies" / "cmds" / "pareto.png").unlink()
+    (tmp_path / "studies" / "cmds" / "report" / "pareto.png").unlink()
     assert nas.main(["report", "--study", "cmds", "--cache-dir", str(cache_dir)]) == 0
     assert "Pareto front of study cmds" in capsys.readouterr().out
-    assert (tmp_path / "studies" / "cmds" / "pareto.png").exists()
+    assert (tmp_path / "studies" / "cmds" / "report" / "pareto.png").exists()
     assert nas.main(["report", "--study", "nope"]) == 2

@@ -150,8 +150,10 @@ def test_deployed_model_gives_a_trial_s_file_from_the_database(url):
     study.add_trial(complete(**{attrs.ONNX_SHA256: key, attrs.ARCH: "spec"}))
     study.add_trial(complete())  # no deployed file
     study.add_trial(complete(**{attrs.ONNX_SHA256: sha256(b"never stored")}))
-    data, user_attrs = deployed_model("s1", url, 0)
-    assert data == b"the deployed file" and user_attrs[attrs.ARCH] == "spec"
+    study.set_user_attr(attrs.STUDY_DATA, {"name": "digits"})
+    deployed = deployed_model("s1", url, 0)
+    assert deployed.onnx == b"the deployed file" and deployed.record[attrs.ARCH] == "spec"
+    assert deployed.study_attrs[attrs.STUDY_DATA] == {"name": "digits"}
     for number in (1, 7):
         with pytest.raises(ConfigError, match=f"no deployed model for trial {number}"):
             deployed_model("s1", url, number)
@@ -168,11 +170,11 @@ def test_the_previous_version_s_study_loads_with_its_config_trials_and_files(leg
     assert study_config(study) == plan.config
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     assert [t.number for t in trials] == [0, 1] and all(len(t.values) == 3 for t in trials)
-    data, user_attrs = deployed_model(LEGACY, legacy_url, 1)
-    assert sha256(data) == user_attrs[attrs.ONNX_SHA256]
-    model = onnx.load_from_string(data)
+    deployed = deployed_model(LEGACY, legacy_url, 1)
+    assert sha256(deployed.onnx) == deployed.record[attrs.ONNX_SHA256]
+    model = onnx.load_from_string(deployed.onnx)
     onnx.checker.check_model(model)
-    assert user_attrs[attrs.SIZE_BYTES] == len(data)
+    assert deployed.record[attrs.SIZE_BYTES] == len(deployed.onnx)
 
 
 def test_report_rebuilds_the_outputs_of_the_previous_version_s_study(tmp_path, legacy_url, cache_dir):
@@ -180,8 +182,8 @@ def test_report_rebuilds_the_outputs_of_the_previous_version_s_study(tmp_path, l
     assert result.returncode == 0, result.stderr
     assert f"Pareto front of study {LEGACY}: 1 of 2 complete trials" in result.stdout
     out = tmp_path / "studies" / LEGACY
-    assert (out / "pareto.png").stat().st_size > 0
-    rows = list(csv.DictReader((out / "pareto.csv").open()))
+    assert (out / "report" / "pareto.png").stat().st_size > 0
+    rows = list(csv.DictReader((out / "report" / "pareto.csv").open()))
     on_front = {r["number"]: r["on_front"] for r in rows}
     assert on_front == {"0": "False", "1": "True"}
     assert [r["test_accuracy"] != "" for r in rows if r["number"] == "1"] == [True]

@@ -9,13 +9,14 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
 from ..study import attrs
+from .retime import Retimed
 
 
 def pareto_mask(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
@@ -57,6 +58,19 @@ class TrialPoint:
     accuracy_on_target: float | None  # validation split on the board's kernels (agent only)
     measured_on: str
     baseline: str | None = None  # the name of the hand-designed network this trial is (``study.baselines``)
+    accuracy_before_quant: float | None = None  # validation split, the fp32 export of the same network
+    prune_ratio: float | None = None
+    quant: str = ""  # fp32, fp16, int8-dynamic or int8-static
+    int8_types: str = ""  # int8-static: activations/weights types and weight bits
+    # Timed again with the other front members and baselines, in interleaved rounds (``retime``).
+    retimed_p50_ms: float | None = None
+    retimed_p90_ms: float | None = None
+    latency_ms_p10: float | None = None  # with p90: the spread of the search-time runs
+
+    @property
+    def fair_latency_ms(self) -> float:
+        """The latency to rank on: the re-timed one where there is one."""
+        return self.latency_ms if self.retimed_p50_ms is None else self.retimed_p50_ms
     # The deployed file of the candidate trained at full budget (``nas.py finalize``), if it was.
     final_accuracy: float | None = None
     final_accuracy_test: float | None = None
@@ -148,6 +162,29 @@ def format_finalized(points: Sequence[FinalizedPoint]) -> str:
 
 
 @dataclass(frozen=True)
+class TeacherPoint:
+    """The teacher, exported and measured as a trial's file is: what the students learn from."""
+
+    accuracy: float  # validation split, its ONNX file under ONNX Runtime
+    latency_ms: float
+    latency_ms_p90: float
+    size_kb: float
+    measured_on: str
+    retimed_p50_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class ComparedStudy:
+    """Another study's front, drawn and listed beside this one's (``nas.py report --compare``)."""
+
+    name: str
+    dataset: str
+    target: str
+    measured_on: str
+    front: tuple[TrialPoint, ...]
+
+
+@dataclass(frozen=True)
 class Report:
     study: str
     dataset: str
@@ -159,6 +196,17 @@ class Report:
     n_rejected: int  # pruned, but not stopped early: by a hard limit (or a repeat set aside)
     n_stopped: int = 0  # early, as dominated (``study.early_stop``)
     finalized: tuple[FinalizedPoint, ...] = ()
+    n_running: int = 0  # trials running or waiting when the report was built: the study is not finished
+    # The budget a model to ship must fit (``decision``): the study's limits unless the report was given others.
+    max_latency_ms: float | None = None
+    max_size_kb: float | None = None
+    retime_note: str = ""  # how the front was re-timed, or why it was not
+    # (complete trials so far, hypervolume of their feasible front), scaled over this study (``hypervolume``).
+    hypervolume_curve: tuple[tuple[int, float], ...] = ()
+    # {objective: {parameter: importance}} (``importance``), largest first.
+    importances: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    compared: tuple[ComparedStudy, ...] = ()
+    teacher: TeacherPoint | None = None
 
     @property
     def front(self) -> list[TrialPoint]:
@@ -191,6 +239,7 @@ def build_report(
     trials: list[FrozenTrial],
     test_accuracy: dict[int, float],
     finalized: Sequence[FinalizedPoint] = (),
+    retimed: Mapping[int, Retimed] = {},
 ) -> Report:
     # A repeat is the same candidate as an earlier trial, with its values: shown once.
     complete = [
@@ -226,6 +275,13 @@ def build_report(
                 accuracy_on_target=ua.get(attrs.ACCURACY_ON_TARGET),
                 measured_on=provenance(ua.get(attrs.MEASURED_ON, {})),
                 baseline=ua.get(attrs.BASELINE),
+                accuracy_before_quant=ua.get(attrs.ACCURACY_BEFORE_QUANT),
+                prune_ratio=ua.get(attrs.PRUNE_RATIO),
+                quant=ua.get(attrs.QUANT, ""),
+                int8_types=_int8_types(ua.get(attrs.INT8_TYPES)),
+                retimed_p50_ms=retimed[t.number].p50_ms if t.number in retimed else None,
+                retimed_p90_ms=retimed[t.number].p90_ms if t.number in retimed else None,
+                latency_ms_p10=(ua.get(attrs.LATENCY) or {}).get("p10_ms"),
                 final_accuracy=f.accuracy if f else None,
                 final_accuracy_test=f.accuracy_test if f else None,
                 final_p50_ms=f.latency_ms if f else None,
@@ -244,14 +300,27 @@ def build_report(
         n_rejected=sum(t.state == TrialState.PRUNED and attrs.EARLY_STOPPED not in t.user_attrs for t in trials),
         n_stopped=sum(attrs.EARLY_STOPPED in t.user_attrs for t in trials),
         finalized=tuple(finalized),
+        n_running=sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials),
     )
+
+
+def compared_study(report: Report) -> ComparedStudy:
+    """``report``'s front, to draw beside another study's."""
+    return ComparedStudy(report.study, report.dataset, report.target, report.measured_on, tuple(report.front))
+
+
+def _int8_types(types: dict | None) -> str:
+    if not types:
+        return ""
+    return f"{types.get('activations', '?')}/{types.get('weights', '?')}, {types.get('weight_bits', 8)}-bit weights"
 
 
 def format_table(report: Report) -> str:
     """The front as a terminal table, fastest first."""
     on_board = any(p.accuracy_on_target is not None for p in report.front)
+    retimed = any(p.retimed_p50_ms is not None for p in report.front)
     header = ["trial", "val acc"] + (["board acc"] if on_board else []) + [
-        "test acc", "p50 ms", "p90 ms", "KB", "params", "compression",
+        "test acc", "p50 ms", "p90 ms"] + (["re-timed p50"] if retimed else []) + ["KB", "params", "compression",
     ]
     rows = [
         [str(p.number), f"{p.accuracy:.4f}"]
@@ -260,6 +329,9 @@ def format_table(report: Report) -> str:
             _maybe(p.test_accuracy),
             f"{p.latency_ms:.3f}",
             f"{p.latency_ms_p90:.3f}",
+        ]
+        + ([_maybe(p.retimed_p50_ms, "{:.3f}")] if retimed else [])
+        + [
             f"{p.size_kb:.1f}",
             f"{p.params:,}",
             p.compression,
@@ -270,7 +342,7 @@ def format_table(report: Report) -> str:
     lines = [
         f"Pareto front of study {report.study}: {len(report.front)} of {len(report.points)} complete trials "
         f"({report.n_failed} failed, {report.n_rejected} rejected by constraints, {report.n_stopped} stopped early)",
-        f"latency measured on: {report.measured_on}",
+        f"latency measured on: {report.measured_on}" + (f"; {report.retime_note}" if report.retime_note else ""),
         "  ".join(h.rjust(w) for h, w in zip(header, widths)),
     ]
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
@@ -311,8 +383,8 @@ def dominated_by(point: TrialPoint, front: Sequence[TrialPoint]) -> int | None:
     return max(better, key=lambda f: (f.accuracy, -f.latency_ms)).number if better else None
 
 
-def _maybe(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+def _maybe(value: float | None, fmt: str = "{:.4f}") -> str:
+    return "-" if value is None else fmt.format(value)
 
 
 CSV_FIELDS = [f for f in TrialPoint.__dataclass_fields__]

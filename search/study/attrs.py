@@ -47,6 +47,8 @@ REPEAT_OF = "repeat_of"  # the number of an earlier trial with the same candidat
 STUDY_CONFIG = "config"
 STUDY_TEST_ACCURACY = "test_accuracy"  # {trial number: test accuracy}, front members only
 STUDY_BASELINES = "baselines"  # {"enqueued": [names], "skipped": {name: why}}, set once when the study starts
+STUDY_TEACHER_ACCURACY = "teacher_accuracy"  # {sha256 of the teacher's ONNX file: its validation accuracy}
+STUDY_DATA = "data"  # Dataset.record() of the data the study started on: preprocessing, class names, identity
 STUDY_WORKERS_JOINED = "workers_joined"  # how many workers have run the trial loop: seeds each one's sampler
 # finalized:<trial number>: one per finalized trial (``nas.py finalize``), so that runs
 # finalizing other trials never overwrite each other's. A dict: ARCH, COMPRESSION, PARAMS,

@@ -240,8 +240,8 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
                 heartbeat_interval=HEARTBEAT_SECONDS,
                 grace_period=GRACE_SECONDS,
             )
-    except Exception as e:
-        raise SearchError(f"cannot open study storage {url}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # unreachable, refused, bad credentials: what to fix is in the command
+        raise ConfigError(f"cannot open study storage {url}: {str(e).splitlines()[0]}") from None
     _write_ahead_log(storage.engine)
     return storage
 
@@ -361,14 +361,22 @@ def _kind(trial: FrozenTrial) -> str:
     return trial.state.name
 
 
-def deployed_model(study: str, storage: str | None, trial_number: int, final: bool = False) -> tuple[bytes, dict]:
-    """The deployed ONNX file of one trial, from the study's database, and the trial's
+@dataclass(frozen=True)
+class DeployedModel:
+    onnx: bytes
+    record: dict  # the trial's attributes, or the finalized record
+    study_attrs: dict  # the study's attributes (its data, test accuracies)
+
+
+def deployed_model(study: str, storage: str | None, trial_number: int, final: bool = False) -> DeployedModel:
+    """The deployed ONNX file of one trial, from the study's database, with the trial's
     attributes; with ``final``, the file of its finalized candidate and the finalized record."""
     plan = existing_study(study, storage)
     rdb = open_storage(plan.url)
     study_id = rdb.get_study_id_from_name(study)
+    study_attrs = rdb.get_study_user_attrs(study_id)
     if final:
-        record = rdb.get_study_user_attrs(study_id).get(attrs.FINALIZED_PREFIX + str(trial_number))
+        record = study_attrs.get(attrs.FINALIZED_PREFIX + str(trial_number))
         if record is None:
             raise ConfigError(
                 f"trial {trial_number} of study {study} was not finalized; "
@@ -382,4 +390,4 @@ def deployed_model(study: str, storage: str | None, trial_number: int, final: bo
     data = Store(plan.url).get_model(record[attrs.ONNX_SHA256])
     if data is None:
         raise SearchError(f"the model of trial {trial_number} is missing from the study's database")
-    return data, record
+    return DeployedModel(data, record, study_attrs)
