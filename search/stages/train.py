@@ -173,9 +173,10 @@ def fit(
     # training resolves anyway.
     torch.set_flush_denormal(True)
     device = data.pixels.device
-    # Channels-last layout: the depthwise convolutions every candidate is built from train
-    # 1.6x (digits) to 2.3x (32 px) faster in it on a CPU, ResNet-18 as fast as before.
-    # The model goes back to the default layout after training, so nothing after it differs.
+    # Channels-last layout: PyTorch's CPU depthwise convolutions, which every candidate is
+    # built from, are faster in it; a step took 1.4-1.8x less time on digits, 1.7-1.9x at
+    # 32 px, and 1.1-1.2x for the ResNet-18 teacher (bench/layout.py). The model goes back
+    # to the default layout after training, so nothing after it differs.
     model.to(device, memory_format=torch.channels_last)
     if teacher_logits is not None:
         teacher_logits = teacher_logits.to(device)
