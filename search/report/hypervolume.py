@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from ..study import attrs
+from ..study.loop import counts_towards_budget
 from .front import pareto_mask
 
 REFERENCE = 1.1  # in scaled units: trials just beyond the joint front's worst still count
@@ -29,10 +30,10 @@ def objective_points(trials: Sequence[FrozenTrial]) -> np.ndarray:
 
 
 def counted_feasible(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials that count towards the budget and keep within the study's limits."""
     return [
         t for t in trials
-        if t.state == TrialState.COMPLETE and t.values is not None and attrs.REPEAT_OF not in t.user_attrs
-        and all(v <= 0 for v in t.user_attrs.get(attrs.CONSTRAINT_VIOLATION) or [])
+        if counts_towards_budget(t) and all(v <= 0 for v in t.user_attrs.get(attrs.CONSTRAINT_VIOLATION) or [])
     ]
 
 
@@ -85,7 +86,7 @@ def hypervolume_by_trial(trials: Sequence[FrozenTrial], scaling: Scaling | None 
     points = objective_points(done)
     scaled = (scaling or Scaling.of([points])).apply(points)
     complete = sorted(
-        (t for t in trials if t.state == TrialState.COMPLETE and attrs.REPEAT_OF not in t.user_attrs),
+        (t for t in trials if counts_towards_budget(t)),
         key=lambda t: (t.datetime_complete or t.datetime_start, t.number),
     )
     order = {t.number: i for i, t in enumerate(complete, start=1)}
