@@ -47,7 +47,11 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_machine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", metavar="HOST:PORT", help="measure latency on the board agent at HOST:PORT (see 'nas.py agent')")
+    p.add_argument(
+        "--device", metavar="HOST:PORT[,...]",
+        help="measure latency on the board agent at HOST:PORT (see 'nas.py agent'); several, separated by commas, "
+        "are a farm of boards of one kind: each measurement goes to a free one",
+    )
     p.add_argument("--token", metavar="SECRET", default=os.environ.get("EDGENAS_TOKEN"), help="the agent's token (default: $EDGENAS_TOKEN)")
     p.add_argument(
         "--train-device",
@@ -129,8 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--token", metavar="SECRET", default=os.environ.get("EDGENAS_TOKEN"), help="the agent's token (default: $EDGENAS_TOKEN)")
     _add_data_args(r)
 
-    st = sub.add_parser("status", help="list studies with their trial counts")
+    st = sub.add_parser("status", help="list studies with their trial counts, and the boards that measured for them")
     _add_study_args(st)
+    st.add_argument("--token", metavar="SECRET", default=os.environ.get("EDGENAS_TOKEN"),
+                    help="the board agents' token, to ask each how many requests it has queued (default: $EDGENAS_TOKEN)")
 
     e = sub.add_parser(
         "export",

@@ -217,7 +217,24 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"[{s.url}]\n"
             f"  config {s.config}"
         )
+        _print_boards(s, args.token)
     return 0
+
+
+def _print_boards(summary, token: str | None) -> None:
+    """Per board agent that measured for the study: models measured, and its queue now."""
+    from .board.client import AgentError, agent_info
+    from .study.storage import models_measured_by_board
+
+    for device, measured in models_measured_by_board(summary.url, summary.name).items():
+        if not token:
+            now = "queue unknown: pass --token (or $EDGENAS_TOKEN) to ask it"
+        else:
+            try:
+                now = f"queue now {agent_info(device, token)['queue']}"
+            except AgentError as e:
+                now = "not reachable" if e.status is None else f"answered {e.status}: {e}"
+        print(f"  board {device}: {measured} model{'' if measured == 1 else 's'} measured; {now}")
 
 
 def cmd_export(args: argparse.Namespace) -> int:

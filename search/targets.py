@@ -2,12 +2,14 @@
 
 A profile says which execution provider and how many threads to time with, which
 quantization formats suit the hardware, how to round pruned channel counts, and where
-to measure (this machine, or a board agent at HOST:PORT). Built-in profiles can be
-overridden, or new ones added, in ``studies/targets.toml``::
+to measure (this machine, a board agent at HOST:PORT, or a farm of several boards of
+one kind). Built-in profiles can be overridden, or new ones added, in
+``studies/targets.toml``::
 
     [arm]
     threads = 4
-    device = "192.168.1.20:8470"
+    device = "192.168.1.20:8470"            # one board, or:
+    devices = ["pi-1:8470", "pi-2:8470"]    # a farm (search.board.farm)
 
 This module imports no torch: the command line checks a target before loading it.
 """
@@ -41,13 +43,16 @@ class Target:
     weight_type: str
     channel_rounds: tuple[int, ...]  # pruned channel counts are multiples of one of these
     prune_ratios: tuple[float, ...]
-    device: str | None = None  # HOST:PORT of a board agent; None: measure in this process
+    devices: tuple[str, ...] = ()  # HOST:PORT of each board agent (several: a farm); none: measure in this process
     # 7-bit int8-static weights: x86 without VNNI adds u8 x s8 products in saturating
     # 16-bit pairs, which cost this project's CIFAR-10 network 0.9 points of accuracy.
     reduce_range: bool = False
 
     def describe(self) -> str:
-        where = f"agent at {self.device}" if self.device else "this machine"
+        if len(self.devices) > 1:
+            where = f"a farm of {len(self.devices)} agents ({', '.join(self.devices)})"
+        else:
+            where = f"agent at {self.devices[0]}" if self.devices else "this machine"
         return f"{self.name}: {self.description}; measured on {where}"
 
 
@@ -129,7 +134,7 @@ def load_targets(path: Path = TARGETS_FILE) -> dict[str, Target]:
         table = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise TargetError(f"{path} is not valid TOML: {e}") from None
-    known = {f.name for f in fields(Target)} - {"name"}
+    known = {f.name for f in fields(Target)} - {"name"} | {"device"}
     for name, values in table.items():
         if not isinstance(values, dict):
             raise TargetError(f"{path}: [{name}] must be a table of settings")
@@ -137,6 +142,8 @@ def load_targets(path: Path = TARGETS_FILE) -> dict[str, Target]:
         if unknown:
             raise TargetError(f"{path}: [{name}] has unknown settings {sorted(unknown)}; known: {sorted(known)}")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        if "device" in values or "devices" in values:
+            values["devices"] = _profile_devices(values, f"{path}: [{name}]")
         base = targets.get(name)
         if base is None:
             required = {f.name for f in fields(Target) if f.default is MISSING}
@@ -150,16 +157,42 @@ def load_targets(path: Path = TARGETS_FILE) -> dict[str, Target]:
     return targets
 
 
+def _profile_devices(values: dict, where: str) -> tuple[str, ...]:
+    """A profile's boards: ``device = "HOST:PORT"`` (one) or ``devices = [...]`` (a farm), checked."""
+    if "device" in values and "devices" in values:
+        raise TargetError(f"{where} has both device and devices: keep devices = [\"HOST:PORT\", ...] alone")
+    given = (values.pop("device"),) if "device" in values else values["devices"]
+    if not isinstance(given, tuple) or not given or not all(isinstance(d, str) for d in given):
+        raise TargetError(f"{where} devices must be a list of \"HOST:PORT\" strings, e.g. [\"pi-1:8470\", \"pi-2:8470\"]")
+    return check_devices(given, f"{where} devices")
+
+
 def get_target(name: str, device: str | None = None, path: Path = TARGETS_FILE) -> Target:
-    """The named profile, with ``device`` (HOST:PORT) overriding where it measures."""
+    """The named profile, with ``device`` (HOST:PORT, or several separated by commas)
+    overriding where it measures."""
     targets = load_targets(path)
     if name not in targets:
         raise TargetError(f"unknown target {name!r}; choose one of: {', '.join(targets)} (or add it to {path})")
     target = targets[name]
     if device is not None:
-        parse_device(device)
-        target = replace(target, device=device)
+        target = replace(target, devices=check_devices(tuple(d.strip() for d in device.split(",")), f"--device {device!r}"))
     return target
+
+
+def check_devices(devices: tuple[str, ...], where: str) -> tuple[str, ...]:
+    """``devices``, each a valid HOST:PORT and none twice; ``where`` names them in an error."""
+    for device in devices:
+        try:
+            parse_device(device)
+        except TargetError:
+            raise TargetError(
+                f"{where}: {device!r} is not HOST:PORT; give each board as HOST:PORT, several separated by "
+                f"commas, e.g. 192.168.1.20:8470,192.168.1.21:8470"
+            ) from None
+    twice = sorted({d for d in devices if devices.count(d) > 1})
+    if twice:
+        raise TargetError(f"{where} names {', '.join(twice)} more than once: give each board once")
+    return devices
 
 
 def parse_device(device: str) -> tuple[str, int]:
@@ -175,7 +208,7 @@ def check_measurable(target: Target) -> None:
     ``--target arm`` on an x86 host with no agent must stop before any training: timing
     the host and calling it ARM is exactly the mistake this tool exists to prevent.
     """
-    if target.device is not None:
+    if target.devices:
         return
     here = normalise_arch(platform.machine())
     if target.arch is not None and target.arch != here:

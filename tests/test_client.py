@@ -26,7 +26,7 @@ TIME_LIMIT_S = 20.0
 
 
 def host_at(port: int, **changes):
-    return replace(BUILTIN_TARGETS["host"], device=f"127.0.0.1:{port}", **changes)
+    return replace(BUILTIN_TARGETS["host"], devices=(f"127.0.0.1:{port}",), **changes)
 
 
 @pytest.fixture(scope="module")

@@ -144,4 +144,4 @@ def test_make_measurer_times_here_only_what_this_machine_can_honestly_time():
 def test_make_measurer_sends_a_target_with_a_device_to_its_agent():
     # AgentMeasurer's first check: a device needs its token (before any connection).
     with pytest.raises(TargetError, match="needs the agent's token"):
-        make_measurer(replace(BUILTIN_TARGETS["arm"], device="127.0.0.1:9"), token=None)
+        make_measurer(replace(BUILTIN_TARGETS["arm"], devices=("127.0.0.1:9",)), token=None)

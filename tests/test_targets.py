@@ -22,7 +22,7 @@ def test_a_toml_file_overrides_a_profile_and_adds_one(tmp_path):
         "channel_rounds = [8]\nprune_ratios = [0.0, 0.5]\n"
     )
     targets = load_targets(path)
-    assert targets["arm"].threads == 2 and targets["arm"].device == "board:8470"
+    assert targets["arm"].threads == 2 and targets["arm"].devices == ("board:8470",)
     assert targets["arm"].activation_type == "int8"  # untouched settings keep the built-in value
     assert targets["pi5"].quant_modes == ("fp32", "int8-static") and targets["pi5"].reduce_range is False
 

@@ -13,10 +13,11 @@ Protocol (HTTP/1.1; every request carries ``Authorization: Bearer TOKEN``; every
 is a JSON ``{"error": "..."}`` with the status below):
 
 ``GET /info``
-    ``{"protocol": 1, "machine": {...}, "max_body_bytes": N, "time_limit_s": S,
-    "queue_wait_s": S}``: a reply comes within queue_wait_s + time_limit_s;
-    ``machine`` is ``timing.machine_info()``: host, cpu, arch, cores,
-    onnxruntime version and providers, emulated.
+    ``{"protocol": 3, "machine": {...}, "max_body_bytes": N, "time_limit_s": S,
+    "queue_wait_s": S, "queue": N}``: a reply comes within queue_wait_s +
+    time_limit_s; ``machine`` is ``timing.machine_info()``: host, cpu, arch, cores,
+    onnxruntime version and providers, emulated; ``queue`` is the number of requests
+    running or waiting for the model now (a farm sends work to the shortest).
 ``POST /measure?threads=N&provider=NAME&<TimingPlan field>=VALUE...``
     Body: the ONNX file. Batch-1 latency of the model, timed as ``TimingPlan`` says
     (fields not given keep their defaults; no ``threads``: one per core). Reply:
@@ -51,6 +52,8 @@ Why it is built this way:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import hmac
 import io
 import json
@@ -68,10 +71,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
+import onnxruntime as ort
 
 from .timing import TimingPlan, machine_info, make_session, measure_latency
 
-PROTOCOL = 2  # bumped when a request or reply changes shape; the client checks it
+PROTOCOL = 3  # bumped when a request or reply changes shape; the client checks it
 SOCKET_TIMEOUT_S = 30.0  # longest wait for the next bytes of a request
 DRAIN_S = 5.0  # longest the agent reads a refused body, so the client gets to read the refusal
 TIME_LIMIT_S = 300.0  # hard limit on one measurement or run, model loading included
@@ -97,9 +101,25 @@ class ModelRunner:
         self.time_limit_s = time_limit_s
         self.lock = threading.Lock()
         self.queue_slots = threading.BoundedSemaphore(MAX_QUEUED)
+        self.queued = 0  # requests holding a queue slot: running or waiting for the model
+        self._queued_lock = threading.Lock()
         self.context = multiprocessing.get_context("forkserver")
         # The fork server imports ONNX Runtime once; each child is a fork of it.
         self.context.set_forkserver_preload([__name__])
+
+    @contextlib.contextmanager
+    def queue_slot(self):
+        """Hold one of the queue's slots (a request's body in memory), or refuse with 503."""
+        if not self.queue_slots.acquire(blocking=False):
+            raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE, f"{MAX_QUEUED} requests already waiting")
+        with self._queued_lock:
+            self.queued += 1
+        try:
+            yield
+        finally:
+            with self._queued_lock:
+                self.queued -= 1
+            self.queue_slots.release()
 
     def warm_up(self) -> None:
         """Start the fork server now, so that the first request does not pay for it."""
@@ -164,13 +184,37 @@ def _child_main(writer, job, args: tuple) -> None:
     writer.close()
 
 
-def measure_job(onnx_bytes: bytes, threads: int | None, provider: str, plan: TimingPlan) -> dict:
-    return measure_latency(onnx_bytes, threads, provider, plan).as_dict()
+class SlowedSession:
+    """An ONNX Runtime session whose every run takes ``factor`` times as long: a board that
+    is slower than its kind (``--slowdown``, for tests of a farm's reference check)."""
+
+    def __init__(self, session: ort.InferenceSession, factor: float):
+        self.session = session
+        self.factor = factor
+
+    def get_inputs(self):
+        return self.session.get_inputs()
+
+    def run(self, *args, **kwargs):
+        start = time.perf_counter()
+        outputs = self.session.run(*args, **kwargs)
+        time.sleep((self.factor - 1) * (time.perf_counter() - start))
+        return outputs
 
 
-def run_job(onnx_bytes: bytes, inputs: np.ndarray, threads: int | None, provider: str) -> bytes:
-    """The model's first output for ``inputs``, as ``.npy`` bytes."""
+def open_session(onnx_bytes: bytes, threads: int | None, provider: str, slowdown: float = 1.0):
     session = make_session(onnx_bytes, threads, provider)
+    return session if slowdown == 1 else SlowedSession(session, slowdown)
+
+
+def measure_job(onnx_bytes: bytes, threads: int | None, provider: str, plan: TimingPlan, slowdown: float = 1.0) -> dict:
+    opener = functools.partial(open_session, slowdown=slowdown)
+    return measure_latency(onnx_bytes, threads, provider, plan, open_session=opener).as_dict()
+
+
+def run_job(onnx_bytes: bytes, inputs: np.ndarray, threads: int | None, provider: str, slowdown: float = 1.0) -> bytes:
+    """The model's first output for ``inputs``, as ``.npy`` bytes."""
+    session = open_session(onnx_bytes, threads, provider, slowdown)
     name = session.get_inputs()[0].name
     outputs = [session.run(None, {name: inputs[i : i + RUN_BATCH]})[0] for i in range(0, len(inputs), RUN_BATCH)]
     buffer = io.BytesIO()
@@ -184,12 +228,14 @@ _PLAN_DEFAULTS = asdict(TimingPlan())
 class AgentServer(ThreadingHTTPServer):
     daemon_threads = True  # a request stuck in a model does not keep the agent from stopping
 
-    def __init__(self, address: tuple[str, int], token: str, max_body_bytes: int, runner: ModelRunner):
+    def __init__(self, address: tuple[str, int], token: str, max_body_bytes: int, runner: ModelRunner,
+                 slowdown: float = 1.0):
         super().__init__(address, AgentHandler)
         self.token = token.encode()
         self.max_body_bytes = max_body_bytes
         self.runner = runner
         self.machine = machine_info()
+        self.slowdown = slowdown
 
 
 class AgentHandler(BaseHTTPRequestHandler):
@@ -281,12 +327,8 @@ class AgentHandler(BaseHTTPRequestHandler):
 
     def _queued_job(self, job, make_args):
         """Read the body and run the job, holding one of the queue's slots meanwhile."""
-        if not self.server.runner.queue_slots.acquire(blocking=False):
-            raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE, f"{MAX_QUEUED} requests already waiting")
-        try:
+        with self.server.runner.queue_slot():
             return self.server.runner.run(job, make_args(self._read_body()))
-        finally:
-            self.server.runner.queue_slots.release()
 
     def _info(self, query: dict):
         info = {
@@ -295,13 +337,15 @@ class AgentHandler(BaseHTTPRequestHandler):
             "max_body_bytes": self.server.max_body_bytes,
             "time_limit_s": self.server.runner.time_limit_s,
             "queue_wait_s": QUEUE_WAIT_S,
+            "queue": self.server.runner.queued,
         }
         return HTTPStatus.OK, "application/json", json.dumps(info).encode(), ""
 
     def _measure(self, query: dict):
         threads, provider = self._threads_and_provider(query)
         plan = _timing_plan(query)
-        stats, queued_s, seconds = self._queued_job(measure_job, lambda body: (body, threads, provider, plan))
+        slowdown = self.server.slowdown
+        stats, queued_s, seconds = self._queued_job(measure_job, lambda body: (body, threads, provider, plan, slowdown))
         reply = {
             "stats": stats,
             "measured_on": {**machine_info(threads), "provider": provider},
@@ -317,7 +361,7 @@ class AgentHandler(BaseHTTPRequestHandler):
             raise RequestError(HTTPStatus.BAD_REQUEST, "/run needs model_bytes=N: the length of the ONNX file")
 
         def job_args(body: bytes) -> tuple:
-            return body[:model_bytes], _load_npy(body[model_bytes:]), threads, provider
+            return body[:model_bytes], _load_npy(body[model_bytes:]), threads, provider, self.server.slowdown
 
         outputs, _, _ = self._queued_job(run_job, job_args)
         return HTTPStatus.OK, "application/octet-stream", outputs, ""
@@ -376,12 +420,13 @@ def _load_npy(data: bytes) -> np.ndarray:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"the inputs after the model are not a .npy array: {e}") from None
 
 
-def serve(host: str, port: int, token: str, max_body_bytes: int, time_limit_s: float = TIME_LIMIT_S) -> int:
+def serve(host: str, port: int, token: str, max_body_bytes: int, time_limit_s: float = TIME_LIMIT_S,
+          slowdown: float = 1.0) -> int:
     """Serve until interrupted (Ctrl-C or SIGTERM); the exit status for the command line."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s agent: %(message)s")
     runner = ModelRunner(time_limit_s)
     try:
-        server = AgentServer((host, port), token, max_body_bytes, runner)
+        server = AgentServer((host, port), token, max_body_bytes, runner, slowdown)
     except OSError as e:
         log.error("cannot listen on %s:%d: %s", host, port, e)
         return 1
@@ -393,6 +438,8 @@ def serve(host: str, port: int, token: str, max_body_bytes: int, time_limit_s: f
         PROTOCOL, bound_host, bound_port, m["arch"], m["cpu"], m["cores"], m["onnxruntime"],
         ", EMULATED" if m["emulated"] else "",
     )
+    if slowdown != 1:
+        log.warning("every model runs %gx slower than this machine can (--slowdown): a test of a farm's check", slowdown)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening beyond loopback: plain HTTP, the token is the only protection")
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as on Ctrl-C
@@ -417,6 +464,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--token", default=os.environ.get("EDGENAS_TOKEN"), help="required secret (default: $EDGENAS_TOKEN)")
     parser.add_argument("--max-model-mb", type=float, default=64.0, help="refuse larger models (default: %(default)s)")
     parser.add_argument("--time-limit-s", type=float, default=TIME_LIMIT_S, help="stop a measurement after this long (default: %(default)s)")
+    parser.add_argument(
+        "--slowdown", type=float, default=1.0, metavar="FACTOR",
+        help="for tests only: run every model FACTOR times slower, as a board slower than its kind would "
+        "(a search refuses such a board from a farm) (default: %(default)s)",
+    )
     return parser
 
 
@@ -426,7 +478,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f"{prog or 'agent'}: error: the agent needs --token SECRET (or $EDGENAS_TOKEN): it runs what it is sent",
               file=sys.stderr)
         return 2
-    return serve(args.host, args.port, args.token, int(args.max_model_mb * 1024 * 1024), args.time_limit_s)
+    if not args.slowdown >= 1:
+        print(f"{prog or 'agent'}: error: --slowdown must be a factor of at least 1, got {args.slowdown:g}", file=sys.stderr)
+        return 2
+    return serve(args.host, args.port, args.token, int(args.max_model_mb * 1024 * 1024), args.time_limit_s, args.slowdown)
 
 
 if __name__ == "__main__":

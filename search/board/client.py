@@ -1,8 +1,9 @@
 """The search side of the board agent (``agent.py`` beside this file documents the protocol).
 
-``AgentMeasurer`` implements ``search.stages.measure.Measurer``, so the objective and
-the measurement cache do not know where a latency comes from; every latency it returns
-says so (``"via": "agent"``, ``"device": "HOST:PORT"``). Its constructor checks the
+``AgentMeasurer`` implements ``search.stages.measure.Measurer`` for one board (``farm``
+spreads work over several), so the objective and the measurement cache do not know
+where a latency comes from; every latency it returns says so (``"via": "agent"``,
+``"device": "HOST:PORT"``). Its constructor checks the
 agent before the search trains anything: reachable, the token accepted, the protocol
 understood, and the architecture the target asks for. Requests that fail on the way
 (refused or dropped connections, time-outs, an agent busy with other workers' models)
@@ -27,6 +28,7 @@ from .timing import LatencyStats, Measurement, TimingPlan, measuring_setup
 
 CONNECT_TIMEOUT_S = 10.0
 INFO_TIMEOUT_S = 30.0  # /info does no work: a slow answer means a broken link
+QUEUE_TIMEOUT_S = 2.0  # asking a farm's boards how busy they are: one that is this slow is passed over
 REPLY_MARGIN_S = 60.0  # on top of the agent's own bound (queue wait + time limit): transfer of the model
 ATTEMPTS = 5
 FIRST_PAUSE_S = 0.5  # doubled after each failed attempt: 7.5 s of pauses in all
@@ -48,13 +50,14 @@ class AgentMeasurer:
     runs_elsewhere = True  # models run on the board's kernels, which may differ from ours
 
     def __init__(self, target: Target, token: str | None, plan: TimingPlan = TimingPlan()):
-        if target.device is None:
+        if not target.devices:
             raise TargetError(f"target {target.name} has no device: pass --device HOST:PORT of its agent")
+        (self.device,) = target.devices  # one board; a farm has one AgentMeasurer for each
         if not token:
-            raise TargetError(f"--device {target.device} needs the agent's token: --token SECRET or $EDGENAS_TOKEN")
+            raise TargetError(f"--device {self.device} needs the agent's token: --token SECRET or $EDGENAS_TOKEN")
         self.target = target
         self.plan = plan
-        self.host, self.port = parse_device(target.device)
+        self.host, self.port = parse_device(self.device)
         self.token = token
         info = self._connect()
         self.max_body_bytes = int(info["max_body_bytes"])
@@ -65,7 +68,7 @@ class AgentMeasurer:
             "threads": target.threads or agent_machine["cores"],
             "provider": target.provider,
             "via": "agent",
-            "device": target.device,
+            "device": self.device,
         }
         self._check_suits_target(agent_machine)
 
@@ -77,7 +80,7 @@ class AgentMeasurer:
         query = {**self._settings(), **asdict(plan or self.plan)}
         reply = json.loads(self._request("POST", "/measure", query, onnx_bytes))
         stats = LatencyStats.from_dict(reply["stats"])
-        return Measurement(stats, {**reply["measured_on"], "via": "agent", "device": self.target.device})
+        return Measurement(stats, {**reply["measured_on"], "via": "agent", "device": self.device})
 
     def run(self, onnx_bytes: bytes, inputs: np.ndarray) -> np.ndarray:
         """The model's first output for ``inputs`` (batch first), computed on the board.
@@ -108,13 +111,13 @@ class AgentMeasurer:
     def _check_size(self, body_bytes: int) -> None:
         if body_bytes > self.max_body_bytes:
             raise AgentError(
-                f"{body_bytes} bytes to send, over the limit of the agent at {self.target.device} "
+                f"{body_bytes} bytes to send, over the limit of the agent at {self.device} "
                 f"({self.max_body_bytes}): restart it with a larger --max-model-mb"
             )
 
     def _connect(self) -> dict:
         """The agent's /info, or a TargetError that says what to do."""
-        device = self.target.device
+        device = self.device
         try:
             info = json.loads(self._request("GET", "/info", {}, timeout=INFO_TIMEOUT_S))
         except AgentError as e:
@@ -136,7 +139,7 @@ class AgentMeasurer:
         return info
 
     def _check_suits_target(self, agent_machine: dict) -> None:
-        target, device = self.target, self.target.device
+        target, device = self.target, self.device
         arch = normalise_arch(agent_machine["arch"])
         if target.arch is not None and arch != target.arch:
             raise TargetError(
@@ -159,7 +162,8 @@ class AgentMeasurer:
         pause = FIRST_PAUSE_S
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                status, payload = self._exchange(method, url, headers, body, timeout or self.reply_timeout_s)
+                status, payload = _exchange(self.host, self.port, method, url, headers, body,
+                                            timeout or self.reply_timeout_s)
             except (OSError, http.client.HTTPException) as e:  # refused, reset, timed out, cut short
                 failure = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             else:
@@ -169,22 +173,45 @@ class AgentMeasurer:
                     raise AgentError(_error_text(payload), status)
                 failure = f"busy: {_error_text(payload)}"
             if attempt < ATTEMPTS:
-                log.warning("agent at %s, %s %s: %s; retrying in %.1f s", self.target.device, method, path, failure, pause)
+                log.warning("agent at %s, %s %s: %s; retrying in %.1f s", self.device, method, path, failure, pause)
                 time.sleep(pause)
                 pause *= 2
         raise AgentError(f"{failure}, {ATTEMPTS} attempts")
 
-    def _exchange(self, method: str, url: str, headers: dict, body: bytes | None, timeout: float) -> tuple[int, bytes]:
-        """One request on a new connection: a quick connect, then ``timeout`` for each read."""
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=CONNECT_TIMEOUT_S)
-        try:
-            conn.connect()
-            conn.sock.settimeout(timeout)
-            conn.request(method, url, body=body, headers=headers)
-            response = conn.getresponse()
-            return response.status, response.read()
-        finally:
-            conn.close()
+    def queue_length(self, timeout: float = QUEUE_TIMEOUT_S) -> int:
+        """Requests running or waiting on the board now, from one quick /info (AgentError if none)."""
+        return int(agent_info(self.device, self.token, timeout)["queue"])
+
+
+def agent_info(device: str, token: str, timeout: float = QUEUE_TIMEOUT_S) -> dict:
+    """The /info of the agent at ``device``, asked once, without retries: AgentError if it does
+    not answer within ``timeout`` (status None) or refuses (its status)."""
+    host, port = parse_device(device)
+    try:
+        status, payload = _exchange(host, port, "GET", "/info", {"Authorization": f"Bearer {token}"}, None, timeout)
+    except (OSError, http.client.HTTPException) as e:
+        raise AgentError(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from None
+    if status != 200:
+        raise AgentError(_error_text(payload), status)
+    try:
+        return json.loads(payload)
+    except ValueError:
+        raise AgentError(f"{device} answered /info with something other than JSON", status) from None
+
+
+def _exchange(host: str, port: int, method: str, url: str, headers: dict, body: bytes | None,
+              timeout: float) -> tuple[int, bytes]:
+    """One request on a new connection: a connect within ``timeout`` (at most CONNECT_TIMEOUT_S),
+    then ``timeout`` for each read."""
+    conn = http.client.HTTPConnection(host, port, timeout=min(timeout, CONNECT_TIMEOUT_S))
+    try:
+        conn.connect()
+        conn.sock.settimeout(timeout)
+        conn.request(method, url, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
 
 
 def _error_text(payload: bytes) -> str:

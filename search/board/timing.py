@@ -155,13 +155,15 @@ def measure_latency(
     threads: int | None,
     provider: str = "CPUExecutionProvider",
     plan: TimingPlan = TimingPlan(),
+    open_session=make_session,
 ) -> LatencyStats:
-    """Batch-1 latency of the model on this machine, pooled over ``plan.sessions`` loads."""
+    """Batch-1 latency of the model on this machine, pooled over ``plan.sessions`` loads
+    (each ``open_session(onnx_bytes, threads, provider)``)."""
     share = plan.per_session()
     samples: list[float] = []
     feed = None
     for _ in range(plan.sessions):
-        session = make_session(onnx_bytes, threads, provider)
+        session = open_session(onnx_bytes, threads, provider)
         feed = feed or sample_input(session)
         samples += time_session(session, feed, share)
         del session  # one load's buffers at a time
@@ -196,6 +198,15 @@ def machine_info(threads: int | None = None) -> dict:
 
 
 def measuring_setup(machine: dict) -> str:
-    """What makes two measurements comparable: the machine, the runtime and the settings."""
-    keys = ("host", "cpu", "arch", "threads", "onnxruntime", "provider", "emulated")
+    """What makes two measurements comparable: the machine, the runtime and the settings.
+
+    A board agent's measurement names the kind of board (CPU, architecture, runtime,
+    threads), not its host: boards of one kind that agree on the reference model are
+    interchangeable (``farm``), so a farm shares one latency cache and the report may
+    re-time its front on any of them. A local measurement keeps its host: nothing checks
+    that two machines with one CPU model time alike.
+    """
+    keys = ("cpu", "arch", "threads", "onnxruntime", "provider", "emulated")
+    if machine.get("via") != "agent":
+        keys += ("host",)
     return json.dumps({k: machine.get(k) for k in keys}, sort_keys=True)

@@ -353,6 +353,18 @@ def study_summaries(storage: str | None, study: str | None, studies_dir: Path) -
     return summaries
 
 
+def models_measured_by_board(url: str, study: str) -> dict[str, int]:
+    """How many of the study's models each board agent (HOST:PORT) timed: trials whose
+    latency it measured, not those the latency cache answered."""
+    rdb = open_storage(url)
+    counts: dict[str, int] = {}
+    for trial in rdb.get_all_trials(rdb.get_study_id_from_name(study), deepcopy=False):
+        device = trial.user_attrs.get(attrs.MEASURED_ON, {}).get("device")
+        if device is not None and trial.user_attrs.get(attrs.LATENCY_CACHED) is False:
+            counts[device] = counts.get(device, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def _kind(trial: FrozenTrial) -> str:
     if attrs.REPEAT_OF in trial.user_attrs:
         return "REPEAT"
