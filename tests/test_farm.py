@@ -143,6 +143,14 @@ def test_two_agents_as_a_farm_both_receive_work(boards, model):
     np.testing.assert_allclose(farm.run(model, x), onnx_logits(model, x), rtol=1e-5, atol=1e-6)
 
 
+def test_a_board_this_worker_is_sending_to_is_not_chosen_again(boards):
+    farm = farm_of(boards, "a", "b")
+    # Chosen, not yet sent: no agent's queue shows it, this worker's own count does.
+    with farm._freest() as first, farm._freest() as second:
+        assert {first.device, second.device} == {device(boards, "a"), device(boards, "b")}
+        assert all(agent_info(d, TOKEN)["queue"] == 0 for d in (first.device, second.device))
+
+
 def test_a_worker_keeps_to_its_board_until_another_worker_keeps_it_busy(boards, model):
     farm = farm_of(boards, "a", "b")
     used = {farm.measure(model).measured_on["device"] for _ in range(3)}
@@ -170,7 +178,7 @@ def test_a_board_slower_than_the_others_is_refused(boards):
         make_measurer(farm_target(boards, "a", "b", "slow"), TOKEN)
     message = str(e.value)
     assert refused_in(message) == {device(boards, "slow")}, message
-    assert "\n" not in message and "leave it out of --device" in message
+    assert "\n" not in message and "leave it out of the farm" in message
     figures = {d: float(ms) for d, ms in re.findall(r"(127\.0\.0\.1:\d+) ([\d.]+) ms", message)}
     assert figures[device(boards, "slow")] > 2 * figures[device(boards, "a")]
 

@@ -55,3 +55,29 @@ def test_a_foreign_target_without_a_board_is_refused_with_how_to_start_the_agent
         check_measurable(get_target(foreign, path=tmp_path / "none.toml"))
     check_measurable(get_target(foreign, device="127.0.0.1:8470", path=tmp_path / "none.toml"))
     check_measurable(get_target("host", path=tmp_path / "none.toml"))
+
+
+def test_a_toml_file_names_a_farm_of_boards(tmp_path):
+    path = tmp_path / "targets.toml"
+    path.write_text('[arm]\ndevices = ["pi-1:8470", "pi-2:8470"]\n')
+    arm = load_targets(path)["arm"]
+    assert arm.devices == ("pi-1:8470", "pi-2:8470") and "a farm of 2 agents (pi-1:8470, pi-2:8470)" in arm.describe()
+    assert get_target("arm", "pi-3:8470", path=path).devices == ("pi-3:8470",)  # --device overrides the file
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[arm]\ndevice = "a:1"\ndevices = ["b:2"]\n', "has both device and devices"),
+        ('[arm]\ndevices = "a:1"\n', "devices must be a list"),
+        ("[arm]\ndevices = []\n", "devices must be a list"),
+        ('[arm]\ndevices = ["a:1", "b"]\n', "'b' is not HOST:PORT"),
+        ('[arm]\ndevices = ["a:1", "a:1"]\n', "names a:1 more than once"),
+    ],
+)
+def test_a_bad_farm_in_the_profile_file_says_what_is_wrong(tmp_path, text, message):
+    path = tmp_path / "targets.toml"
+    path.write_text(text)
+    with pytest.raises(TargetError, match=message) as e:
+        load_targets(path)
+    assert str(e.value).startswith(f"{path}: [arm]") and "\n" not in str(e.value)

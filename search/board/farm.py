@@ -137,9 +137,10 @@ def check_one_kind(boards: list[AgentMeasurer]) -> None:
         what = ", ".join(f"{k} {setup[k]!r} where {common[0].device} has {reference[k]!r}"
                          for k in sorted(setup) if setup[k] != reference[k])
         differences.append(f"{board.device}: {what}")
+    them = "it" if len(odd) == 1 else "them"
     raise TargetError(
-        f"the boards of a farm must be of one kind, but {'; '.join(differences)}: "
-        f"leave {'it' if len(odd) == 1 else 'them'} out of --device, or make it a target of its own"
+        f"the boards of a farm must be of one kind, but {'; '.join(differences)}: leave {them} out of the farm "
+        f"(--device, or devices in studies/targets.toml), or give another kind a target of its own"
     )
 
 
@@ -147,7 +148,7 @@ def check_agreement(figures: dict[str, float], tolerance: float = REFERENCE_TOLE
     """Refuse the boards whose reference latency (ms, by board) is off the others'.
 
     From three boards on, each is compared with the median of all: one slow board cannot
-    move the median, where the median of the others would lean towards it (two good boards
+    pull that median its way, where the median of the others would lean towards it (two good boards
     and a slow one: each good board's "others" are a good board and the slow one). With two
     boards each is compared with the other, and a gap over ``tolerance`` refuses both: two
     figures cannot tell which board is off.
@@ -174,5 +175,5 @@ def check_agreement(figures: dict[str, float], tolerance: float = REFERENCE_TOLE
         raise TargetError(
             f"refused {'board' if len(off) == 1 else 'boards'} {named}: the reference model takes {listed}, "
             f"median {median:.3f} ms; {rule}: find why (clock, cooling, load, another thread count) or leave "
-            f"{'it' if len(off) == 1 else 'them'} out of --device"
+            f"{'it' if len(off) == 1 else 'them'} out of the farm (--device, or devices in studies/targets.toml)"
         )

@@ -125,8 +125,8 @@ REFERENCE_LAYERS = 4
 def reference_model() -> bytes:
     """The fixed model a farm's boards are compared on: four 3x3 convolutions with ReLU,
     32 channels at 32x32 (38 M multiply-adds: 0.7 ms on one core of this project's x86
-    CPU, a few on a board's; long enough for a steady median, short enough under emulation). Weights come from a fixed seed, so
-    every worker sends the same bytes."""
+    CPU, a few on a board's; long enough for a steady median, short enough under
+    emulation). Weights come from a fixed seed, so every worker sends the same bytes."""
     rng = np.random.default_rng(0)
     c, fan_in = REFERENCE_CHANNELS, REFERENCE_CHANNELS * 9
     nodes, weights, x = [], [], "x"

@@ -4,7 +4,7 @@ Optuna's; and the command line's request turned into a study to create or join.
 The runner needs three things from here: :func:`plan_study` (which study, where, with
 what configuration: checks only, writes nothing), :func:`open_study` (create or join it),
 the study's :class:`TrialStartLock`, and, for the read-only commands,
-:func:`study_summaries` and :func:`deployed_model`.
+:func:`study_summaries`, :func:`models_measured_by_board` and :func:`deployed_model`.
 
 Our own tables, beside Optuna's in the same database:
 
