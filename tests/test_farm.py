@@ -239,6 +239,7 @@ def test_a_search_on_a_farm_with_a_slow_board_stops_before_writing(boards, tmp_p
     assert [p.name for p in (tmp_path / "studies").iterdir()] == ["targets.toml"]  # no study written
 
 
+@pytest.mark.slow  # a whole study: 50 to 107 s on this shared 2-core machine; CI runs it
 def test_a_study_on_a_farm_records_each_board_and_status_shows_them(boards, tmp_path, cache_dir, capsys):
     a, b = device(boards, "a"), device(boards, "b")
     (tmp_path / "studies").mkdir()
