@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--token", metavar="SECRET", default=os.environ.get("EDGENAS_TOKEN"), help="the agent's token (default: $EDGENAS_TOKEN)")
     _add_data_args(r)
 
-    st = sub.add_parser("status", help="list studies with their trial counts")
+    st = sub.add_parser("status", help="list studies with their trial counts and, per worker, its trials and when it was last seen")
     _add_study_args(st)
 
     e = sub.add_parser(

@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from . import attrs
 from .config import ConfigError, StudyConfig, check_study_name, default_study_name, resolve, study_dir
+from .workers import WorkerStatus, worker_statuses
 
 # Heartbeats and metric names are marked experimental; we rely on them knowingly.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -331,6 +332,7 @@ class StudySummary:
     # REPEAT, and trials stopped early as dominated, as STOPPED (PRUNED: rejected by a limit).
     counts: dict[str, int]
     config: str  # the stored configuration, as JSON
+    workers: list[WorkerStatus]
 
 
 def study_summaries(storage: str | None, study: str | None, studies_dir: Path) -> list[StudySummary]:
@@ -349,7 +351,10 @@ def study_summaries(storage: str | None, study: str | None, studies_dir: Path) -
             trials = rdb.get_all_trials(s._study_id, deepcopy=False)
             kinds = [_kind(t) for t in trials]
             counts = {kind: kinds.count(kind) for kind in ["REPEAT", "STOPPED", *(state.name for state in TrialState)]}
-            summaries.append(StudySummary(s.study_name, url, counts, s.user_attrs.get(attrs.STUDY_CONFIG, "{}")))
+            summaries.append(StudySummary(
+                s.study_name, url, counts, s.user_attrs.get(attrs.STUDY_CONFIG, "{}"),
+                worker_statuses(rdb, s._study_id, trials),
+            ))
     return summaries
 
 
