@@ -180,41 +180,44 @@ def test_a_retried_baseline_is_still_that_baseline_and_nothing_of_the_dead_run_i
 
 RACE_CODE = """
 import sys, time
+from pathlib import Path
 from test_loop import STUDY
 from test_retry import load
 from search.study import retry
 from search.study.storage import TrialStartLock
-url, start_at = sys.argv[1], float(sys.argv[2])
+url, barrier, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 study = load(url)
 dead = retry.find_dead_trials(study)
 lock = TrialStartLock(url, STUDY)
-time.sleep(max(0, start_at - time.time()))
+(barrier / f"looked-{time.time_ns()}").touch()
+while len(list(barrier.iterdir())) < n:  # every worker has looked: none has failed anything yet
+    time.sleep(0.05)
 with lock():
     print(len(dead), len(retry.retry_dead_trials(study, dead)))
 lock.close()
 """
 
 
-def fail_together(url: str, n: int) -> list[tuple[int, int]]:
-    """``n`` worker processes that all see the same dead trial, then fail what they saw at
-    one agreed instant; for each, how many dead trials it saw and how many it retried."""
-    start_at = time.time() + 5  # after every process has imported what it needs and looked
-    workers = [subprocess.Popen([sys.executable, "-c", RACE_CODE, url, str(start_at)], env=WORKER_ENV,
+def fail_together(url: str, n: int, barrier) -> list[tuple[int, int]]:
+    """``n`` worker processes that all look for dead trials, then, once all have looked,
+    fail what they saw; for each, how many dead trials it saw and how many it retried."""
+    workers = [subprocess.Popen([sys.executable, "-c", RACE_CODE, url, str(barrier), str(n)], env=WORKER_ENV,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
     seen = []
     for w in workers:
-        out, err = w.communicate(timeout=120)
+        out, err = w.communicate(timeout=300)
         assert w.returncode == 0, err
         seen.append(tuple(map(int, out.split())))
     return seen
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def test_workers_noticing_one_dead_trial_together_retry_it_once(request, backend):
+def test_workers_noticing_one_dead_trial_together_retry_it_once(request, tmp_path, backend):
     url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "fresh_database")
     create_study(url)
     start_as_dead_worker(load(url), dead_pid())
-    seen = fail_together(url, 6)
+    (tmp_path / "barrier").mkdir()
+    seen = fail_together(url, 6, tmp_path / "barrier")
     assert [s for s, _ in seen] == [1] * 6  # all of them saw it dead
     assert sum(r for _, r in seen) == 1
     trials = trials_of(url)

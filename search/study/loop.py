@@ -112,12 +112,16 @@ def run_trials(
     try:
         while True:
             dead = find_dead_trials(study)
-            with start_lock():
-                retried = retry_dead_trials(study, dead)
-                started = _start_trial(study, budget, objective)
-            for r in retried:
-                again = "given up" if r.retry is None else f"its candidate runs again as trial {r.retry}"
-                progress.message(f"trial {r.number} failed: {r.reason}; {again}")
+            started = None
+            # A worker with nothing to fail and no room to start a trial waits without the lock:
+            # many idle workers taking it every few seconds would delay the one that has room.
+            if dead or not _budget_taken(study.get_trials(deepcopy=False), budget):
+                with start_lock():
+                    retried = retry_dead_trials(study, dead)
+                    started = _start_trial(study, budget, objective)
+                for r in retried:
+                    again = "given up" if r.retry is None else f"its candidate runs again as trial {r.retry}"
+                    progress.message(f"trial {r.number} failed: {r.reason}; {again}")
             if started is None:
                 if count_complete(study) >= budget:
                     break
@@ -186,7 +190,7 @@ def _start_trial(study: optuna.Study, budget: int, objective: Objective):
     """Under the start lock: a new trial (an enqueued one first), its candidate, and the
     trial it repeats if any; None when complete and running trials already make the budget."""
     trials = study.get_trials(deepcopy=False)
-    if sum(counts_towards_budget(t) or t.state == TrialState.RUNNING for t in trials) >= budget:
+    if _budget_taken(trials, budget):
         return None
     trial = study.ask()
     if heartbeat_interval(study) is not None:  # alive from its first moment: dying while sampling goes stale too
@@ -200,6 +204,11 @@ def _start_trial(study: optuna.Study, budget: int, objective: Objective):
         None,
     )
     return trial, candidate, original
+
+
+def _budget_taken(trials: list[FrozenTrial], budget: int) -> bool:
+    """Complete and running trials make the budget: no trial may start unless one fails."""
+    return sum(counts_towards_budget(t) or t.state == TrialState.RUNNING for t in trials) >= budget
 
 
 def _candidate_key(trial: FrozenTrial) -> tuple:
