@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--token", metavar="SECRET", default=os.environ.get("EDGENAS_TOKEN"), help="the agent's token (default: $EDGENAS_TOKEN)")
     _add_data_args(r)
 
-    st = sub.add_parser("status", help="list studies with their trial counts, and the boards that measured for them")
+    st = sub.add_parser("status", help="list studies with their trial counts; per worker, its trials and when it was last seen; per board, what it measured")
     _add_study_args(st)
     st.add_argument("--token", metavar="SECRET", default=os.environ.get("EDGENAS_TOKEN"),
                     help="the board agents' token, to ask each how many requests it has queued (default: $EDGENAS_TOKEN)")

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from .data import DatasetError
-from .progress import SearchProgress, StepRun, TrialClock, step_text, trial_text
+from .progress import SearchProgress, StepRun, TrialClock, duration_text, step_text, trial_text
 from .study import attrs
 from .study.config import STUDIES_DIR, ConfigError, config_keys, study_dir
 from .study.storage import SearchError
@@ -217,8 +217,32 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"[{s.url}]\n"
             f"  config {s.config}"
         )
+        print("\n".join(format_workers(s.workers)))
         _print_boards(s, args.token)
     return 0
+
+
+def format_workers(workers) -> list[str]:
+    """``nas.py status``'s table of a study's workers (``study.workers.WorkerStatus``)."""
+    if not workers:
+        return ["  no worker has started a trial"]
+    rows = [
+        (f"{w.host} pid {w.pid}", str(w.complete), str(w.failed), str(w.set_aside),
+         ", ".join(f"trial {number} for {duration_text(seconds)}" for number, seconds in w.running) or "-",
+         "-" if w.last_seen is None else f"{duration_text(w.last_seen)} ago")
+        for w in workers
+    ]
+    return aligned([("worker", "complete", "failed", "set aside", "running", "last seen"), *rows], right=(1, 2, 3))
+
+
+def aligned(rows: list[tuple[str, ...]], right: tuple[int, ...] = ()) -> list[str]:
+    """Rows as lines of columns, indented under their study; the columns in ``right`` right-aligned (counts)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        lines.append(("  " + "  ".join(cells)).rstrip())
+    return lines
 
 
 def _print_boards(summary, token: str | None) -> None:

@@ -211,3 +211,58 @@ def test_ctrl_c_anywhere_in_a_trial_fails_it_rather_than_leaving_it_running(sqli
     trials = trials_of(sqlite_url)
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
     assert trials[1].user_attrs[attrs.FAIL_REASON] == "interrupted"
+
+
+STRESS_WORKER = """
+import sys, time
+from pathlib import Path
+from test_loop import run_worker
+url, budget, barrier, n = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+(barrier / f"ready-{len(list(barrier.iterdir()))}-{time.time_ns()}").touch()
+while len(list(barrier.glob("ready-*"))) < n:  # all imported (a minute on a loaded 2-core machine): start together
+    time.sleep(0.1)
+run_worker(url, budget, 10**9, 0.05)
+"""
+
+
+@pytest.mark.slow  # 40 processes: 3.5 min on a loaded 2-core machine, most of it importing
+@pytest.mark.postgres
+def test_forty_workers_on_postgres_make_exactly_two_hundred_within_the_server_s_connections(fresh_database, tmp_path):
+    """Every worker keeps one connection to the server and opens a second only to wait for
+    the start lock: with SQLAlchemy's default pools the server's 100 connections ran out
+    and workers were refused ("too many clients")."""
+    import threading
+
+    create_study(fresh_database)
+    name = sa.engine.make_url(fresh_database).database
+    admin = sa.create_engine(fresh_database.rsplit("/", 1)[0] + "/postgres", poolclass=sa.pool.NullPool)
+    peak, done = [0], threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.2):
+            with admin.connect() as conn:
+                n = conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = :d"), {"d": name})
+                peak[0] = max(peak[0], n.scalar())
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    env = {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
+    workers = [
+        subprocess.Popen([sys.executable, "-c", STRESS_WORKER, fresh_database, "200", str(tmp_path), "40"],
+                         env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(40)
+    ]
+    errors = []
+    for w in workers:
+        _, err = w.communicate(timeout=900)
+        if w.returncode != 0 or "Traceback" in err:
+            errors.append(err)
+    done.set()
+    watcher.join()
+    admin.dispose()
+    assert not errors, errors[0]
+    trials = trials_of(fresh_database)
+    assert sum(loop.counts_towards_budget(t) for t in trials) == 200
+    assert len({t.number for t in trials}) == len(trials)
+    assert len({t.user_attrs[attrs.WORKER]["pid"] for t in trials}) > 1
+    assert peak[0] <= 90, f"{peak[0]} connections to the study's database at once"

@@ -1,13 +1,16 @@
 """A study shared through the real PostgreSQL server: workers of real ``nas.py`` processes, one budget."""
 
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import FAST, ROOT
+from conftest import FAST, ROOT, run_nas
 from search.study import attrs
 from search.study.loop import counts_towards_budget
 from search.study.storage import Store
@@ -17,7 +20,7 @@ STUDY = "shared"
 pytestmark = pytest.mark.postgres
 
 
-def _run_workers(tmp_path, cache_dir, url: str, names: list[str], budget: int) -> None:
+def _start_workers(tmp_path, cache_dir, url: str, names: list[str], budget: int) -> list[subprocess.Popen]:
     """``nas.py`` workers started together, each in a folder of its own (its machine)."""
     args = [sys.executable, str(ROOT / "nas.py"), "--budget", str(budget), "--study", STUDY,
             "--storage", url, "--cache-dir", str(cache_dir), *FAST]
@@ -25,7 +28,11 @@ def _run_workers(tmp_path, cache_dir, url: str, names: list[str], budget: int) -
     for name in names:
         (tmp_path / name).mkdir()
         workers.append(subprocess.Popen(args, cwd=tmp_path / name, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    for w in workers:
+    return workers
+
+
+def _run_workers(tmp_path, cache_dir, url: str, names: list[str], budget: int) -> None:
+    for w in _start_workers(tmp_path, cache_dir, url, names, budget):
         _, err = w.communicate(timeout=600)
         assert w.returncode == 0, err
 
@@ -57,3 +64,50 @@ def test_three_workers_started_together_train_distinct_candidates_to_exactly_the
 def test_eight_workers_stop_at_exactly_twenty(tmp_path, cache_dir, fresh_database):
     _run_workers(tmp_path, cache_dir, fresh_database, [f"w{i}" for i in range(8)], budget=20)
     _check_study(fresh_database, 20, 8)
+
+
+def _wait_until_training(url: str, pid: int, timeout: float = 300) -> int:
+    """The number of the trial that worker ``pid`` is training, once it is (its cost stage done)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            running = optuna.load_study(study_name=STUDY, storage=url).get_trials(states=(TrialState.RUNNING,))
+        except KeyError:  # the study is not created yet
+            running = []
+        for t in running:
+            if t.user_attrs.get(attrs.WORKER, {}).get("pid") == pid and attrs.SECONDS_PREFIX + "cost" in t.user_attrs:
+                return t.number
+        time.sleep(0.2)
+    raise AssertionError(f"worker {pid} never trained a trial")
+
+
+@pytest.mark.slow  # 3 real nas.py workers, one killed
+def test_a_worker_killed_inside_a_trial_leaves_exactly_the_budget_and_its_candidate_runs_again(
+    tmp_path, cache_dir, fresh_database
+):
+    victim, *others = _start_workers(tmp_path, cache_dir, fresh_database, ["a", "b", "c"], budget=6)
+    try:
+        killed_number = _wait_until_training(fresh_database, victim.pid)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=60)
+        for w in others:
+            _, err = w.communicate(timeout=600)
+            assert w.returncode == 0, err
+    finally:
+        for w in (victim, *others):
+            w.kill()
+    study = optuna.load_study(study_name=STUDY, storage=fresh_database)
+    trials = study.get_trials()
+    assert sum(counts_towards_budget(t) for t in trials) == 6
+    killed = trials[killed_number]
+    assert killed.state == TrialState.FAIL
+    assert killed.user_attrs[attrs.FAIL_REASON] == f"its worker (pid {victim.pid} on {socket.gethostname()}) died"
+    (again,) = [t for t in trials if t.user_attrs.get(attrs.RETRIED_FROM) == killed_number]
+    assert again.number > killed_number and again.state == TrialState.COMPLETE and again.params == killed.params
+    assert again.user_attrs[attrs.ARCH_SAMPLED] == killed.user_attrs[attrs.ARCH_SAMPLED]
+    # nas.py status: the killed worker has the one failed trial, and runs nothing.
+    status = run_nas(["status", "--study", STUDY, "--storage", fresh_database], tmp_path, timeout=120)
+    assert status.returncode == 0, status.stderr
+    (row,) = [line.split() for line in status.stdout.splitlines() if f" pid {victim.pid} " in line]
+    failed, running = row[4], row[6]  # after host, "pid", pid and complete
+    assert (failed, running) == ("1", "-"), row

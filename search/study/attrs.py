@@ -42,6 +42,18 @@ PROBE = "probe"  # {"latency_ms", "size_kb"} of the untrained network of the fin
 FINETUNE_SECONDS = "finetune_seconds"  # of seconds_prune: the fine-tunes' training
 CURVE_SECONDS = "curve_seconds"  # of seconds_train: evaluating the learning curve
 REPEAT_OF = "repeat_of"  # the number of an earlier trial with the same candidate: not trained again
+RETRIED_FROM = "retried_from"  # the number of the trial whose worker died: this one runs its candidate again
+# What an enqueued trial is given besides its parameters (baselines.enqueue_baselines):
+# a retried one is given it again, and nothing else of the dead run.
+ENQUEUED_WITH = (BASELINE, ARCH_SAMPLED)
+
+# Optuna's trial system attributes. An enqueued trial's parameters; and those of a
+# retried trial as Optuna's RetryHeartbeatStaleTrialCallback records them, so that its
+# retried_trial_number and retry_history read ours: the first trial of the candidate,
+# and every trial of it before this one.
+ENQUEUED_PARAMS = "fixed_params"
+RETRY_ORIGINAL = "failed_trial"
+RETRY_HISTORY = "retry_history"
 
 # Study user attributes.
 STUDY_CONFIG = "config"

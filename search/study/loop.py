@@ -2,8 +2,8 @@
 
 ``--budget N`` means N complete trials in the study, counting those of earlier runs:
 a rerun after Ctrl-C or a crash finishes the job instead of starting over. A worker
-that was killed leaves its trial RUNNING; the heartbeat marks it failed once stale
-(at once, when it was a process of this machine).
+that was killed leaves its trial RUNNING; its fellows (or its rerun) fail it and run
+its candidate again (``retry``).
 
 Several workers share a study without repeating each other: each draws from a sampler
 seeded by its own place among the study's workers, and a candidate already complete or
@@ -31,6 +31,7 @@ from ..progress import SearchProgress
 from ..stages import StageFailed
 from . import attrs
 from .config import StudyConfig
+from .retry import fail_running_trial, find_dead_trials, heartbeat_interval, retry_dead_trials
 from .storage import SearchError
 
 # Optuna warns when a study with heartbeats asks for trials outside optimize(); this
@@ -86,40 +87,6 @@ def worker_id() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
-def fail_dead_local_trials(study: optuna.Study) -> None:
-    """Fail RUNNING trials whose worker was a process of this machine that is gone.
-
-    After a crash on this machine the rerun need not wait for the heartbeat's grace
-    period; trials of other machines are left to the heartbeat.
-    """
-    host = socket.gethostname()
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = trial.user_attrs.get(attrs.WORKER) or {}
-        if worker.get("host") == host and worker.get("pid") != os.getpid() and not _alive(worker.get("pid")):
-            _fail(study, trial, f"its worker (pid {worker['pid']} on {host}) died")
-
-
-def _fail(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
-    """Fail a RUNNING trial with ``reason``, unless it has finished meanwhile."""
-    try:
-        study._storage.set_trial_user_attr(trial._trial_id, attrs.FAIL_REASON, reason.splitlines()[0][:500])
-        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        pass
-
-
-def _alive(pid) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def run_trials(
     study: optuna.Study,
     config: StudyConfig,
@@ -132,7 +99,8 @@ def run_trials(
 
     A worker does not start a trial when the complete trials plus those running already
     make the budget; it waits to see whether they complete (a failed one leaves room
-    for another). Enqueued (waiting) trials are started first, by whichever worker asks.
+    for another). Enqueued (waiting) trials are started first, by whichever worker asks;
+    so are the retries of trials whose worker died, failed before each start.
     """
     with start_lock():
         slot = study.user_attrs.get(attrs.STUDY_WORKERS_JOINED, 0)
@@ -140,17 +108,23 @@ def run_trials(
         study.sampler = make_sampler(config, slot, len(study.get_trials(deepcopy=False)))
     failures: list[str] = []
     rejections = repeats = stopped = 0
-    fail_dead_local_trials(study)
     progress.start(count_complete(study), budget)
     try:
         while True:
-            optuna.storages.fail_stale_trials(study)
-            with start_lock():
-                started = _start_trial(study, budget, objective)
+            dead = find_dead_trials(study)
+            started = None
+            # A worker with nothing to fail and no room to start a trial waits without the lock:
+            # many idle workers taking it every few seconds would delay the one that has room.
+            if dead or not _budget_taken(study.get_trials(deepcopy=False), budget):
+                with start_lock():
+                    retried = retry_dead_trials(study, dead)
+                    started = _start_trial(study, budget, objective)
+                for r in retried:
+                    again = "given up" if r.retry is None else f"its candidate runs again as trial {r.retry}"
+                    progress.message(f"trial {r.number} failed: {r.reason}; {again}")
             if started is None:
                 if count_complete(study) >= budget:
                     break
-                fail_dead_local_trials(study)
                 time.sleep(WAIT_SECONDS)
                 continue
             trial, candidate, original = started
@@ -209,16 +183,18 @@ def _fail_own_running_trials(study: optuna.Study, reason: str) -> None:
     me = worker_id()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if trial.user_attrs.get(attrs.WORKER) == me:
-            _fail(study, trial, reason)
+            fail_running_trial(study, trial, reason)
 
 
 def _start_trial(study: optuna.Study, budget: int, objective: Objective):
     """Under the start lock: a new trial (an enqueued one first), its candidate, and the
     trial it repeats if any; None when complete and running trials already make the budget."""
     trials = study.get_trials(deepcopy=False)
-    if sum(counts_towards_budget(t) or t.state == TrialState.RUNNING for t in trials) >= budget:
+    if _budget_taken(trials, budget):
         return None
     trial = study.ask()
+    if heartbeat_interval(study) is not None:  # alive from its first moment: dying while sampling goes stale too
+        study._storage.record_heartbeat(trial._trial_id)
     trial.set_user_attr(attrs.WORKER, worker_id())
     candidate = objective.sample(trial)
     key = _candidate_key(study._storage.get_trial(trial._trial_id))
@@ -228,6 +204,11 @@ def _start_trial(study: optuna.Study, budget: int, objective: Objective):
         None,
     )
     return trial, candidate, original
+
+
+def _budget_taken(trials: list[FrozenTrial], budget: int) -> bool:
+    """Complete and running trials make the budget: no trial may start unless one fails."""
+    return sum(counts_towards_budget(t) or t.state == TrialState.RUNNING for t in trials) >= budget
 
 
 def _candidate_key(trial: FrozenTrial) -> tuple:
@@ -261,12 +242,10 @@ def _run(study: optuna.Study, trial: optuna.Trial, objective: Objective, candida
 def _heartbeat(study: optuna.Study, trial: optuna.Trial):
     """Record the trial's heartbeat while it runs, so other workers can tell it is alive."""
     storage = study._storage
-    # The study's storage is Optuna's caching wrapper around the RDBStorage: ask it, not its type.
-    interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+    interval = heartbeat_interval(study)
     if interval is None:
         yield
         return
-    storage.record_heartbeat(trial._trial_id)  # alive from its first moment, not the thread's
     stop = threading.Event()
 
     def beat() -> None:

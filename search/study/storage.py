@@ -31,12 +31,21 @@ from optuna.trial import FrozenTrial, TrialState
 
 from . import attrs
 from .config import ConfigError, StudyConfig, check_study_name, default_study_name, resolve, study_dir
+from .workers import WorkerStatus, worker_statuses
 
 # Heartbeats and metric names are marked experimental; we rely on them knowingly.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 HEARTBEAT_SECONDS = 5
 GRACE_SECONDS = 30  # a trial whose worker has been silent this long is failed as stale
+# Connections an Optuna storage keeps open to a server: one per worker process, and more
+# only while its threads overlap (the heartbeat's write beside the trial's). With
+# SQLAlchemy's defaults (each engine keeps what it once needed) 40 workers of one study
+# reached PostgreSQL's max_connections (100 by default) and 8 were refused ("too many
+# clients"); with these, and the start lock and model store unpooled, they peaked at 81:
+# one each, and a second while waiting for the start lock (tests/test_loop.py).
+POOL_SIZE = 1
+POOL_OVERFLOW = 4
 
 
 class SearchError(RuntimeError):
@@ -93,6 +102,15 @@ def schema_lock(url: str):
         engine.dispose()
 
 
+def _server_engine_kwargs(pooled: bool) -> dict:
+    """How an engine reaches a database server. Pooled: Optuna's storage, which talks to
+    it dozens of times a trial. Not pooled (a connection per use): the start lock and the
+    model store, used a few times a trial, so that an idle worker holds one connection."""
+    if not pooled:
+        return {"poolclass": sa.pool.NullPool}
+    return {"pool_pre_ping": True, "pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW}
+
+
 class TrialStartLock:
     """Makes "count the study's trials, then start one" a single step among all its workers.
 
@@ -108,7 +126,7 @@ class TrialStartLock:
         self.key = int.from_bytes(hashlib.sha256(study.encode()).digest()[:8], "big", signed=True)
         db = sqlite_file(url)
         self.lock_file = None if db is None else db.with_name(db.name + ".lock")
-        self.engine = None if db is not None else sa.create_engine(url, pool_pre_ping=True)
+        self.engine = None if db is not None else sa.create_engine(url, **_server_engine_kwargs(pooled=False))
 
     @contextlib.contextmanager
     def __call__(self):
@@ -131,7 +149,7 @@ class TrialStartLock:
 
 class Store:
     def __init__(self, url: str):
-        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else _server_engine_kwargs(pooled=False)
         self.engine = sa.create_engine(url, **kwargs)
         _write_ahead_log(self.engine)
         with schema_lock(url):
@@ -236,7 +254,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         with schema_lock(url):
             storage = optuna.storages.RDBStorage(
                 url,
-                engine_kwargs={"connect_args": {"timeout": 60}} if db is not None else {"pool_pre_ping": True},
+                engine_kwargs=_server_engine_kwargs(pooled=True) if db is None else {"connect_args": {"timeout": 60}},
                 heartbeat_interval=HEARTBEAT_SECONDS,
                 grace_period=GRACE_SECONDS,
             )
@@ -254,9 +272,11 @@ def stored_config(url: str, study: str) -> StudyConfig | None:
     storage = open_storage(url)
     try:
         study_id = storage.get_study_id_from_name(study)
+        text = storage.get_study_user_attrs(study_id).get(attrs.STUDY_CONFIG)
     except KeyError:
         return None
-    text = storage.get_study_user_attrs(study_id).get(attrs.STUDY_CONFIG)
+    finally:
+        storage.engine.dispose()  # its connection would stay open beside the study's own for the whole run
     if text is None:
         raise SearchError(f"study {study!r} in {url} was not made by this tool (it has no stored configuration)")
     return StudyConfig.from_json(text)
@@ -331,6 +351,7 @@ class StudySummary:
     # REPEAT, and trials stopped early as dominated, as STOPPED (PRUNED: rejected by a limit).
     counts: dict[str, int]
     config: str  # the stored configuration, as JSON
+    workers: list[WorkerStatus]
 
 
 def study_summaries(storage: str | None, study: str | None, studies_dir: Path) -> list[StudySummary]:
@@ -349,7 +370,10 @@ def study_summaries(storage: str | None, study: str | None, studies_dir: Path) -
             trials = rdb.get_all_trials(s._study_id, deepcopy=False)
             kinds = [_kind(t) for t in trials]
             counts = {kind: kinds.count(kind) for kind in ["REPEAT", "STOPPED", *(state.name for state in TrialState)]}
-            summaries.append(StudySummary(s.study_name, url, counts, s.user_attrs.get(attrs.STUDY_CONFIG, "{}")))
+            summaries.append(StudySummary(
+                s.study_name, url, counts, s.user_attrs.get(attrs.STUDY_CONFIG, "{}"),
+                worker_statuses(rdb, s._study_id, trials),
+            ))
     return summaries
 
 
