@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="rebuild a study's report, table, plots, CSV and front files",
         description="Rebuild studies/STUDY/report/index.html (one self-contained page: plots, the front's table, "
         "baselines and the model to ship), pareto.csv beside it and the front's ONNX files. Works on a running "
-        "study too, marked as such.",
+        "study too, marked as such, and from the study's database alone on a machine without its data set or "
+        "teacher (test accuracies not yet measured are then shown as 'not measured here').",
     )
     r.add_argument("--study", metavar="NAME", required=True)
     r.add_argument("--storage", metavar="URL", help="as for search")

@@ -15,10 +15,13 @@ import torch
 from spaces import get_space
 
 from .board.client import AgentError
-from .data import Dataset, balanced_subset, check_dataset_name, load_dataset
+from .data import Dataset, DatasetError, balanced_subset, check_dataset_name, load_dataset
 from .progress import SearchProgress
 from .report.draw import write_outputs
-from .report.front import ComparedStudy, Report, TeacherPoint, build_report, compared_study, finalized_points, provenance
+from .report.front import (
+    NOT_MEASURED_HERE, ComparedStudy, Report, TeacherPoint, TrialPoint, add_measurements, build_report, compared_study,
+    finalized_points, provenance,
+)
 from .report.hypervolume import hypervolume_by_trial
 from .report.importance import param_importances
 from .report.retime import ROUNDS, retime, same_setup
@@ -33,7 +36,7 @@ from .study.config import ConfigError, StudyConfig, study_dir
 from .study.loop import count_complete, run_trials
 from .study.objective import StudyObjective, TrialContext
 from .study.storage import (
-    SearchError, Store, StudyPlan, TrialStartLock, existing_study, open_storage, open_study, plan_study, sha256,
+    SearchError, Store, StudyPlan, TrialStartLock, existing_study, open_storage, open_study, plan_study,
     study_config,
 )
 from .targets import Target, TargetError, get_target
@@ -190,64 +193,125 @@ def check_teacher(teacher: Teacher, data: Dataset) -> None:
 
 
 def finish(
-    study: optuna.Study, data: Dataset, store: Store, out_dir: Path, target_name: str,
+    study: optuna.Study, data: Dataset | None, store: Store, out_dir: Path, target_name: str,
     max_latency_ms: float | None = None, max_size_kb: float | None = None,
     measurer: Measurer | None = None, progress: SearchProgress = SearchProgress(),
-    compared: tuple[ComparedStudy, ...] = (), teacher: Teacher | None = None,
+    compared: tuple[ComparedStudy, ...] = (), teacher: Teacher | None = None, no_data_why: str = "",
 ) -> Report:
-    """Test accuracy of the front members (the search's only use of the test split); where
-    ``measurer`` times as the search did, the teacher measured and the front, baselines and
-    teacher re-timed together; then the outputs, with the model to ship within
-    ``max_latency_ms`` and ``max_size_kb`` (or the knee)."""
+    """The study's outputs, in one pass: the front, from the trials; then what is added to it:
+    its members' test accuracy (the search's only use of the test split) where ``data`` is at
+    hand (else ``no_data_why`` says why not), the teacher beside it, and, where ``measurer`` times
+    as the search did, the front, baselines and teacher re-timed together; then the page and
+    files, with the model to ship within ``max_latency_ms`` and ``max_size_kb`` (or the knee)."""
     trials = study.get_trials(deepcopy=False)
-    report = build_report(study.study_name, data.name, target_name, trials, {})
-    tested = {int(k): v for k, v in study.user_attrs.get(attrs.STUDY_TEST_ACCURACY, {}).items()}
-    missing = [p for p in report.front if p.number not in tested]
-    for p in missing:
-        model = store.get_model(p.onnx_sha256)
-        if model is not None:
-            tested[p.number] = onnx_accuracy(model, data.test)
-    if missing:
-        study.set_user_attr(attrs.STUDY_TEST_ACCURACY, {str(k): v for k, v in sorted(tested.items())})
-    report = build_report(study.study_name, data.name, target_name, trials, tested, finalized_points(study.user_attrs))
-    measurer, note = measurer_here(report, trials, measurer)
-    teacher_onnx = point = None
-    if teacher is not None and measurer is not None:
-        progress.stage(None, "teacher: export and measure")
-        try:
-            teacher_onnx, point = teacher_point(study, teacher, data, measurer)
-        except AgentError as e:  # e.g. a board agent whose upload limit is below a ResNet-18
-            progress.message(f"the teacher is not drawn: {e}")
+    dataset = data.name if data is not None else recorded_dataset_name(study)
+    report = build_report(study.study_name, dataset, target_name, trials, {}, finalized_points(study.user_attrs))
+    tested, test_note = front_test_accuracies(study, report.front, store, data, no_data_why)
+    measurer, retime_note = measurer_here(report, trials, measurer)
+    teacher_onnx, point = teacher_point(study, store, measurer, progress, teacher, data)
     retimed = retime_front(report, store, measurer, progress, teacher_onnx) if measurer is not None else {}
     if retimed:
-        who = "front, baselines and teacher" if teacher_onnx is not None else "front and baselines"
-        note = f"{who} re-timed together: {ROUNDS} interleaved rounds, the median over rounds"
+        who = "front, baselines and teacher" if "teacher" in retimed else "front and baselines"
+        retime_note = f"{who} re-timed together: {ROUNDS} interleaved rounds, the median over rounds"
     if point is not None and "teacher" in retimed:
         point = replace(point, retimed_p50_ms=retimed["teacher"].p50_ms)
-    report = build_report(
-        study.study_name, data.name, target_name, trials, tested, finalized_points(study.user_attrs), retimed
-    )
     report = replace(
-        report, max_latency_ms=max_latency_ms, max_size_kb=max_size_kb, retime_note=note,
-        hypervolume_curve=tuple(hypervolume_by_trial(trials)), importances=param_importances(trials),
-        compared=compared, teacher=point,
+        add_measurements(report, tested, retimed), max_latency_ms=max_latency_ms, max_size_kb=max_size_kb,
+        retime_note=retime_note, test_note=test_note, hypervolume_curve=tuple(hypervolume_by_trial(trials)),
+        importances=param_importances(trials), compared=compared, teacher=point,
     )
     write_outputs(report, out_dir, store.get_model)
     return report
 
 
-def teacher_point(study: optuna.Study, teacher: Teacher, data: Dataset, measurer: Measurer) -> tuple[bytes, TeacherPoint]:
-    """The teacher's ONNX file, its validation accuracy under ONNX Runtime (kept in the study,
-    per file, so later reports do not evaluate it again) and its latency."""
-    onnx = export_onnx(teacher.model.eval(), data.val.batch(slice(0, 1)))
-    key = sha256(onnx)
+def recorded_dataset_name(study: optuna.Study) -> str:
+    """The study's data set as the study recorded it (``attrs.STUDY_DATA``; before that existed, its configuration)."""
+    return study.user_attrs.get(attrs.STUDY_DATA, {}).get("name") or study_config(study).dataset
+
+
+def front_test_accuracies(
+    study: optuna.Study, front: list[TrialPoint], store: Store, data: Dataset | None, no_data_why: str
+) -> tuple[dict[int, float], str]:
+    """The test accuracy of each front member: as the study recorded it, else measured from its
+    stored file on ``data``'s test split and recorded; and a note naming the members left
+    without one, and why."""
+    tested = {int(k): v for k, v in study.user_attrs.get(attrs.STUDY_TEST_ACCURACY, {}).items()}
+    missing = [p for p in front if p.number not in tested]
+    if data is not None and missing:
+        for p in missing:
+            model = store.get_model(p.onnx_sha256)
+            if model is not None:
+                tested[p.number] = onnx_accuracy(model, data.test)
+        study.set_user_attr(attrs.STUDY_TEST_ACCURACY, {str(k): v for k, v in sorted(tested.items())})
+    untested = [p.number for p in front if p.number not in tested]
+    if not untested:
+        return tested, ""
+    why = (
+        f"{no_data_why}; a report where the study's data is at hand measures and records it" if data is None
+        else "their files are not in the study's database"
+    )
+    return tested, f"test accuracy {NOT_MEASURED_HERE} for trials {', '.join(map(str, untested))}: {why}"
+
+
+def teacher_point(
+    study: optuna.Study, store: Store, measurer: Measurer | None, progress: SearchProgress,
+    teacher: Teacher | None = None, data: Dataset | None = None,
+) -> tuple[bytes | None, TeacherPoint | None]:
+    """The teacher beside the front, and its ONNX file where ``measurer`` is to re-time it.
+
+    A ``teacher`` at hand (with its ``data``) is exported and becomes the study's teacher
+    file (``attrs.STUDY_TEACHER_FILE``): the file into the model store, its validation accuracy
+    under ONNX Runtime into ``attrs.STUDY_TEACHER_ACCURACY``. Otherwise the study's own teacher
+    file is drawn, from the database alone. Its latency is the one recorded where it was first
+    measured; ``measurer`` measures it, once, where none is recorded yet."""
+    onnx = None
+    if teacher is not None:
+        progress.stage(None, "teacher: export")
+        onnx = export_onnx(teacher.model.eval(), data.val.batch(slice(0, 1)))
+        record = keep_teacher_file(study, store, onnx, data)
+    else:
+        record = study.user_attrs.get(attrs.STUDY_TEACHER_FILE)
+        if record is None:
+            return None, None  # no report has had the teacher at hand yet
+    key = record["onnx_sha256"]
+    if measurer is not None or record["latency"] is None:
+        onnx = onnx or store.get_model(key)
+        if onnx is None:
+            progress.message(f"the teacher is not drawn: its file {key[:12]} is not in the study's database")
+            return None, None
+    if record["latency"] is None:
+        if measurer is None:
+            progress.message("the teacher is not drawn: it was never measured, and this machine does not time as the study did")
+            return None, None
+        progress.stage(None, "teacher: measure")
+        try:
+            measured = measurer.measure(onnx)
+        except AgentError as e:  # e.g. a board agent whose upload limit is below a ResNet-18
+            progress.message(f"the teacher is not drawn: {e}")
+            return None, None
+        stats = measured.stats
+        record = {**record, "latency": {"p50_ms": stats.p50_ms, "p90_ms": stats.p90_ms, "measured_on": measured.measured_on}}
+        study.set_user_attr(attrs.STUDY_TEACHER_FILE, record)
+    latency = record["latency"]
+    point = TeacherPoint(
+        study.user_attrs[attrs.STUDY_TEACHER_ACCURACY][key], latency["p50_ms"], latency["p90_ms"],
+        record["size_bytes"] / 1024, provenance(latency["measured_on"]),
+    )
+    return (onnx if measurer is not None else None), point
+
+
+def keep_teacher_file(study: optuna.Study, store: Store, onnx: bytes, data: Dataset) -> dict:
+    """Make ``onnx`` the study's teacher file: stored, its validation accuracy known (evaluated
+    once per file), its latency carried over where it is the file already recorded."""
+    key = store.put_model(onnx)
     known = study.user_attrs.get(attrs.STUDY_TEACHER_ACCURACY, {})
     if key not in known:
-        known = {**known, key: onnx_accuracy(onnx, data.val)}
-        study.set_user_attr(attrs.STUDY_TEACHER_ACCURACY, known)
-    stats = measurer.measure(onnx)
-    return onnx, TeacherPoint(known[key], stats.stats.p50_ms, stats.stats.p90_ms, len(onnx) / 1024,
-                              provenance(stats.measured_on))
+        study.set_user_attr(attrs.STUDY_TEACHER_ACCURACY, {**known, key: onnx_accuracy(onnx, data.val)})
+    record = study.user_attrs.get(attrs.STUDY_TEACHER_FILE)
+    if record is None or record["onnx_sha256"] != key:
+        record = {"onnx_sha256": key, "size_bytes": len(onnx), "latency": None}
+        study.set_user_attr(attrs.STUDY_TEACHER_FILE, record)
+    return record
 
 
 def measurer_here(report: Report, trials, measurer: Measurer | None) -> tuple[Measurer | None, str]:
@@ -292,29 +356,53 @@ class ReportRequest:
 
 
 def report_study(request: ReportRequest, progress: SearchProgress = SearchProgress()) -> Report:
-    """Rebuild the outputs of an existing study (``nas.py report``)."""
+    """Rebuild the outputs of an existing study (``nas.py report``), from its database alone
+    where this machine has neither its data set nor its teacher."""
     plan = existing_study(request.study, request.storage)
     others = [existing_study(name, request.storage) for name in request.compare]
-    check_dataset_name(plan.config.dataset, request.data_dir)
     measurer = None
     try:
         measurer = make_measurer(get_target(plan.config.target, request.device), request.token)
     except TargetError:
         if request.device is not None:  # asked for that board, which cannot be reached: say so
             raise
-    data = load_dataset(plan.config.dataset, request.data_dir, request.cache_dir, plan.config.resolution,
-                        request.skip_bad_images)
-    opened, store = open_study(plan, data.resolution)
-    record_data(opened, data)
+    opened, store = open_study(plan, plan.config.resolution)
+    data, no_data_why = study_data_here(opened, request)
+    if data is None:
+        progress.message(f"reporting from the database alone: {no_data_why}")
+    else:
+        record_data(opened, data)
     config = study_config(opened)
-    # The teacher is drawn only where it is cached: a report never trains one.
-    teacher = load_or_train_teacher(data, request.cache_dir) if teacher_path(data, request.cache_dir).exists() else None
+    # Until a report has stored the study's teacher file, it is drawn only where the teacher
+    # is cached: a report never trains one.
+    teacher = None
+    if data is not None and attrs.STUDY_TEACHER_FILE not in opened.user_attrs:
+        if teacher_path(data, request.cache_dir).exists():
+            teacher = load_or_train_teacher(data, request.cache_dir)
     return finish(
         opened, data, store, study_dir(request.study), plan.config.target,
         config.max_latency_ms if request.max_latency_ms is None else request.max_latency_ms,
         config.max_size_kb if request.max_size_kb is None else request.max_size_kb,
-        measurer, progress, tuple(compared_front(other) for other in others), teacher,
+        measurer, progress, tuple(compared_front(other) for other in others), teacher, no_data_why,
     )
+
+
+def study_data_here(study: optuna.Study, request: ReportRequest) -> tuple[Dataset | None, str]:
+    """The study's data set as this machine has it, else None and why: absent, unreadable, or
+    another copy than the one the study recorded (its test split would score other images)."""
+    config = study_config(study)
+    try:
+        data = load_dataset(config.dataset, request.data_dir, request.cache_dir, config.resolution,
+                            request.skip_bad_images)
+    except DatasetError as e:
+        return None, f"the data set is not at hand here ({e})"
+    recorded = study.user_attrs.get(attrs.STUDY_DATA, {}).get("fingerprint")
+    if recorded is not None and recorded != data.fingerprint():
+        return None, (
+            f"the data set here is another copy than the study's (fingerprint {data.fingerprint()}, "
+            f"the study recorded {recorded})"
+        )
+    return data, ""
 
 
 def compared_front(plan: StudyPlan) -> ComparedStudy:

@@ -5,6 +5,7 @@ the objective records."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 
 import numpy as np
@@ -12,7 +13,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from search.report.front import CSV_FIELDS, build_report, format_table, pareto_mask, staircase, to_csv
+from search.report.front import CSV_FIELDS, add_measurements, build_report, format_table, pareto_mask, staircase, to_csv
+from search.report.retime import Retimed
 from search.study import attrs
 
 DIRS = ("maximize", "minimize", "minimize")
@@ -93,6 +95,7 @@ def test_failed_and_rejected_trials_are_counted_not_drawn():
     report = report_of(numbered([complete(0.9, 1.0, 30.0)] + [create_trial(state=s) for s in states]))
     assert [p.number for p in report.points] == [0]
     assert (report.n_failed, report.n_rejected) == (1, 2)  # a running trial is neither
+    assert report.n_running == 1 and report_of(sample_trials()).n_running == 0  # the page marks a running study
 
 
 def test_points_carry_the_recorded_attributes_and_the_test_accuracy_given():
@@ -124,7 +127,24 @@ def test_format_table_lists_the_front_fastest_first():
     rows = [line.split() for line in lines[3:]]
     assert [r[0] for r in rows] == ["3", "1", "0", "7"]
     assert rows[2] == ["0", "0.9500", "0.9300", "2.000", "2.500", "40.0", "12,345", "prune0.3_round8_int8-static/minmax"]
-    assert rows[0][2] == "-"  # no test accuracy given for trial 3
+    assert rows[0][2:5] == ["not", "measured", "here"]  # no test accuracy was given for trial 3
+
+
+def test_measurements_added_to_a_report_land_on_their_trials_and_leave_the_front_as_it_was():
+    report = report_of(sample_trials(), test_accuracy={0: 0.93})
+    added = add_measurements(report, {3: 0.8}, {1: Retimed(0.6, 0.7, 5), "teacher": Retimed(9.0, 9.5, 5)})
+    p = {p.number: p for p in added.points}
+    assert [q.number for q in added.front] == [3, 1, 0, 7]
+    assert (p[3].test_accuracy, p[0].test_accuracy, p[1].test_accuracy) == (0.8, 0.93, None)  # 0's kept
+    assert (p[1].retimed_p50_ms, p[1].retimed_p90_ms, p[1].fair_latency_ms) == (0.6, 0.7, 0.6)
+    assert p[0].retimed_p50_ms is None and p[0].fair_latency_ms == 2.0
+    assert build_report("s", "digits", "host", sample_trials(), {3: 0.8, 0: 0.93}, (), {1: Retimed(0.6, 0.7, 5)}) == added
+
+
+def test_format_table_says_why_front_members_have_no_test_accuracy():
+    report = dataclasses.replace(report_of(sample_trials()), test_note="test accuracy not measured here for trials 3")
+    assert format_table(report).splitlines()[2] == "test accuracy not measured here for trials 3"
+    assert format_table(report_of(sample_trials())).splitlines()[2].split()[:2] == ["trial", "val"]
 
 
 def test_format_table_shows_board_accuracy_and_notes_a_drift_over_a_point():
@@ -151,7 +171,9 @@ def test_csv_lists_every_complete_trial_front_first_each_part_fastest_first():
     assert list(rows[0]) == CSV_FIELDS
     assert [r["number"] for r in rows] == ["3", "1", "0", "7", "4", "2"]
     assert [r["on_front"] for r in rows] == ["True"] * 4 + ["False"] * 2
-    assert (rows[2]["test_accuracy"], rows[0]["test_accuracy"]) == ("0.93", "")
+    # A front member without a test accuracy says so; a trial off the front never has one.
+    assert [r["test_accuracy"] for r in rows] == ["not measured here", "not measured here", "0.93", "not measured here",
+                                                  "", ""]
 
 
 @pytest.mark.parametrize(

@@ -55,17 +55,18 @@ def test_the_tables_list_the_front_fastest_first_and_each_baseline_with_what_dom
     rows = parse(render(report, {})).rows
     front_rows = [r for r in rows if len(r) > 6]
     assert [int(r[0]) for r in front_rows] == [3, 1, 0, 7]
-    assert front_rows[2][10] == "0.9300" and front_rows[0][10] == "-"  # test accuracy where measured
+    assert front_rows[2][10] == "0.9300" and front_rows[0][10] == "not measured here"  # test accuracy where measured
     (baseline,) = [r for r in rows if r[0] == "mnv3-small-0.5-fp32"]
     assert baseline[1] == "2" and baseline[-1] == "trial 1"
 
 
-def test_a_running_study_and_an_emulated_board_are_said_so():
+def test_a_running_study_an_emulated_board_and_untested_trials_are_said_so():
     report = report_of(sample_trials())
     page = render(report, {})
-    assert "still running" not in page and "EMULATED" not in page
-    page = render(dataclasses.replace(report, n_running=2, emulated=True), {})
+    assert "still running" not in page and "EMULATED" not in page and '<p class="warn">test' not in page
+    page = render(dataclasses.replace(report, n_running=2, emulated=True, test_note="test accuracy <why>"), {})
     assert "still running (2 trials running or waiting)" in page and "EMULATED" in page
+    assert '<p class="warn">test accuracy &lt;why&gt;</p>' in page
 
 
 def test_the_page_names_the_model_to_ship_within_the_study_s_budget():

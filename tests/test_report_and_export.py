@@ -1,6 +1,7 @@
 """On a finished study: ``nas.py report`` (the page, the model to ship, re-timing, comparison)
 and ``nas.py export`` (the deployed file with its model card, and the card's snippet run as written)."""
 
+import csv
 import json
 import runpy
 
@@ -94,7 +95,8 @@ def test_report_re_times_the_front_and_names_the_model_within_the_budget(searche
     cwd, _, _ = searched
     result = run_nas(["report", "--study", "card", "--max-latency-ms", "10", "--compare", "card"], cwd)
     assert result.returncode == 0, result.stderr
-    assert "front and baselines re-timed together" in result.stdout and "re-timed p50" in result.stdout
+    # The teacher too: the search stored its file in the study, and this folder has no teacher cache.
+    assert "front, baselines and teacher re-timed together" in result.stdout and "re-timed p50" in result.stdout
     assert "best within 10 ms: trial " in result.stdout
     page = (cwd / "studies" / "card" / "report" / "index.html").read_text()
     assert "best within 10 ms: trial " in page and "Compared with 1 other studies" in page
@@ -109,3 +111,77 @@ def test_a_report_of_a_study_that_is_not_there_writes_nothing(searched):
         result = run_nas(["report", *args], cwd)
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert {p: p.stat().st_mtime_ns for p in cwd.rglob("*") if p.is_file() and ".db" not in p.name} == before
+
+
+
+def write_digits_tree(root, digits, train_per_class: int, test_per_class: int):
+    """Part of digits as a folder of PNG images (train/<class>/, test/<class>/): a data set
+    that can be taken away, on which the digits teacher knows its classes."""
+    for split, images, n in (("train", digits.train, train_per_class), ("test", digits.test, test_per_class)):
+        for cls in digits.classes:
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            members = (images.y == int(cls)).nonzero().flatten()[:n]
+            for i in members.tolist():
+                Image.fromarray(images.pixels[i, 0].numpy(), "L").save(folder / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow  # a search and two reports in fresh processes: about 40 s on a quiet 2-core machine
+def test_a_report_elsewhere_draws_from_the_database_alone_and_one_with_the_data_fills_in_test_accuracy(
+    tmp_path, monkeypatch, digits, teacher
+):
+    """A study on a folder of images, reported from another folder once the images are gone
+    (no data set, no teacher cache there), then again where they are back."""
+    import torch
+
+    import nas
+    from search.data import load_dataset
+    from search.runner import SearchRequest, run_search
+    from search.stages.teacher import import_teacher
+
+    root = write_digits_tree(tmp_path / "images", digits, train_per_class=16, test_per_class=5)
+    made, elsewhere, db = tmp_path / "made", tmp_path / "elsewhere", tmp_path / "db"
+    for folder in (made, elsewhere, db):
+        folder.mkdir()
+    weights = tmp_path / "teacher.pt"
+    torch.save(teacher.model.state_dict(), weights)
+    import_teacher(load_dataset(f"imagefolder:{root}", cache_dir=str(made / "cache")), weights, made / "cache")
+    url = f"sqlite:///{db}/study.db"
+    monkeypatch.chdir(made)
+    explicit = {"dataset": f"imagefolder:{root}", "space": "tiny", "epochs": 1.0, "finetune_epochs": 0.5,
+                "calib_samples": 32, "baselines": False}
+    run_search(SearchRequest(budget=2, explicit=explicit, study="moved", storage=url, cache_dir="cache"))
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.load_study(study_name="moved", storage=url)
+    tested = study.user_attrs[attrs.STUDY_TEST_ACCURACY]
+    teacher_file = study.user_attrs[attrs.STUDY_TEACHER_FILE]
+    teacher_accuracy = study.user_attrs[attrs.STUDY_TEACHER_ACCURACY][teacher_file["onnx_sha256"]]
+    assert teacher_file["latency"]["p50_ms"] > 0
+    study.set_user_attr(attrs.STUDY_TEST_ACCURACY, {})  # as a search stopped before its report leaves it
+    root.rename(tmp_path / "away")
+
+    result = run_nas(["report", "--study", "moved", "--storage", url], elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert "reporting from the database alone: the data set is not at hand here" in result.stderr
+    out = elsewhere / "studies" / "moved"
+    front = [r for r in csv.DictReader((out / "report" / "pareto.csv").open()) if r["on_front"] == "True"]
+    assert front and all(r["test_accuracy"] == "not measured here" for r in front)
+    assert f"test accuracy not measured here for trials {', '.join(r['number'] for r in front)}" in result.stdout
+    page = (out / "report" / "index.html").read_text()
+    assert page.count("not measured here") == len(front) + 1  # each member's cell, and the note above
+    # The teacher drawn from its stored file, at the accuracy and latency the study recorded, re-timed with the front.
+    teacher_line = f"Teacher (ResNet-18, fp32, exported and measured as the trials are): validation accuracy {teacher_accuracy:.4f}"
+    assert teacher_line in page and f"p50 {teacher_file['latency']['p50_ms']:.3f} ms (re-timed " in page
+    assert "front, baselines and teacher re-timed together" in result.stdout
+    onnx_files = [f"trial-{int(r['number']):04d}.onnx" for r in front]
+    assert sorted(p.name for p in (out / "pareto").iterdir()) == sorted(onnx_files)
+    assert sorted(p.name for p in elsewhere.rglob("*") if p.is_file()) == sorted(
+        ["index.html", "pareto.csv", "pareto.png", "hypervolume.png", "importance.png", *onnx_files]
+    )  # nothing loaded, decoded or trained here
+
+    (tmp_path / "away").rename(root)
+    assert nas.main(["report", "--study", "moved", "--storage", url, "--cache-dir", "cache"]) == 0
+    assert study.user_attrs[attrs.STUDY_TEST_ACCURACY] == tested  # measured again, as the search measured it
+    rows = csv.DictReader((made / "studies" / "moved" / "report" / "pareto.csv").open())
+    assert {r["number"]: float(r["test_accuracy"]) for r in rows if r["on_front"] == "True"} == tested

@@ -113,3 +113,23 @@ def test_train_device_auto_is_the_cpu_without_a_gpu_and_training_follows_the_ima
     images = Split(torch.randn(8, 1, 2, 2), torch.tensor([0, 1] * 4))
     fit(model, images, TrainConfig(epochs=1, batch_size=4))
     assert next(model.parameters()).device.type == "cpu"  # where the stages after training run
+
+
+def test_a_report_uses_the_data_set_here_only_where_it_is_the_study_s_copy(digits):
+    from search.runner import ReportRequest, study_data_here
+    from search.study import attrs
+    from search.study.config import StudyConfig
+
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    study.set_user_attr(attrs.STUDY_CONFIG, StudyConfig(dataset="digits", resolution=8).to_json())
+    data, why = study_data_here(study, ReportRequest(study="s"))
+    assert why == "" and data.fingerprint() == digits.fingerprint()  # the study recorded no copy: this one
+    study.set_user_attr(attrs.STUDY_DATA, {**digits.record(), "fingerprint": "0123456789abcdef"})
+    assert study_data_here(study, ReportRequest(study="s")) == (None, (
+        f"the data set here is another copy than the study's (fingerprint {digits.fingerprint()}, "
+        "the study recorded 0123456789abcdef)"
+    ))
+    study.set_user_attr(attrs.STUDY_CONFIG, StudyConfig(dataset="imagefolder:/nowhere", resolution=8).to_json())
+    assert study_data_here(study, ReportRequest(study="s")) == (
+        None, "the data set is not at hand here (imagefolder path /nowhere does not exist)"
+    )

@@ -9,8 +9,8 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Hashable, Sequence
 
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
@@ -54,7 +54,7 @@ class TrialPoint:
     onnx_sha256: str
     feasible: bool
     on_front: bool
-    test_accuracy: float | None  # test split, front members only
+    test_accuracy: float | None  # test split, front members only (None on the front: NOT_MEASURED_HERE)
     accuracy_on_target: float | None  # validation split on the board's kernels (agent only)
     measured_on: str
     baseline: str | None = None  # the name of the hand-designed network this trial is (``study.baselines``)
@@ -201,6 +201,7 @@ class Report:
     max_latency_ms: float | None = None
     max_size_kb: float | None = None
     retime_note: str = ""  # how the front was re-timed, or why it was not
+    test_note: str = ""  # which front members have no test accuracy, and why
     # (complete trials so far, hypervolume of their feasible front), scaled over this study (``hypervolume``).
     hypervolume_curve: tuple[tuple[int, float], ...] = ()
     # {objective: {parameter: importance}} (``importance``), largest first.
@@ -271,7 +272,7 @@ def build_report(
                 onnx_sha256=ua.get(attrs.ONNX_SHA256, ""),
                 feasible=ok,
                 on_front=bool(front),
-                test_accuracy=test_accuracy.get(t.number),
+                test_accuracy=None,
                 accuracy_on_target=ua.get(attrs.ACCURACY_ON_TARGET),
                 measured_on=provenance(ua.get(attrs.MEASURED_ON, {})),
                 baseline=ua.get(attrs.BASELINE),
@@ -279,8 +280,6 @@ def build_report(
                 prune_ratio=ua.get(attrs.PRUNE_RATIO),
                 quant=ua.get(attrs.QUANT, ""),
                 int8_types=_int8_types(ua.get(attrs.INT8_TYPES)),
-                retimed_p50_ms=retimed[t.number].p50_ms if t.number in retimed else None,
-                retimed_p90_ms=retimed[t.number].p90_ms if t.number in retimed else None,
                 latency_ms_p10=(ua.get(attrs.LATENCY) or {}).get("p10_ms"),
                 final_accuracy=f.accuracy if f else None,
                 final_accuracy_test=f.accuracy_test if f else None,
@@ -289,7 +288,7 @@ def build_report(
             )
         )
     sources = sorted({p.measured_on for p in points})
-    return Report(
+    report = Report(
         study=study_name,
         dataset=dataset,
         target=target,
@@ -302,6 +301,24 @@ def build_report(
         finalized=tuple(finalized),
         n_running=sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials),
     )
+    return add_measurements(report, test_accuracy, retimed)
+
+
+def add_measurements(
+    report: Report, test_accuracy: Mapping[int, float], retimed: Mapping[Hashable, Retimed] = {}
+) -> Report:
+    """``report`` with what is measured once its front is known: test accuracies and re-timed
+    latencies, by trial number (neither moves a trial on or off the front)."""
+    points = tuple(
+        replace(
+            p,
+            test_accuracy=test_accuracy.get(p.number, p.test_accuracy),
+            retimed_p50_ms=retimed[p.number].p50_ms if p.number in retimed else p.retimed_p50_ms,
+            retimed_p90_ms=retimed[p.number].p90_ms if p.number in retimed else p.retimed_p90_ms,
+        )
+        for p in report.points
+    )
+    return replace(report, points=points)
 
 
 def compared_study(report: Report) -> ComparedStudy:
@@ -326,7 +343,7 @@ def format_table(report: Report) -> str:
         [str(p.number), f"{p.accuracy:.4f}"]
         + ([_maybe(p.accuracy_on_target)] if on_board else [])
         + [
-            _maybe(p.test_accuracy),
+            _maybe(p.test_accuracy, missing=NOT_MEASURED_HERE),
             f"{p.latency_ms:.3f}",
             f"{p.latency_ms_p90:.3f}",
         ]
@@ -343,6 +360,7 @@ def format_table(report: Report) -> str:
         f"Pareto front of study {report.study}: {len(report.front)} of {len(report.points)} complete trials "
         f"({report.n_failed} failed, {report.n_rejected} rejected by constraints, {report.n_stopped} stopped early)",
         f"latency measured on: {report.measured_on}" + (f"; {report.retime_note}" if report.retime_note else ""),
+        *([report.test_note] if report.test_note else []),
         "  ".join(h.rjust(w) for h, w in zip(header, widths)),
     ]
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
@@ -383,8 +401,13 @@ def dominated_by(point: TrialPoint, front: Sequence[TrialPoint]) -> int | None:
     return max(better, key=lambda f: (f.accuracy, -f.latency_ms)).number if better else None
 
 
-def _maybe(value: float | None, fmt: str = "{:.4f}") -> str:
-    return "-" if value is None else fmt.format(value)
+def _maybe(value: float | None, fmt: str = "{:.4f}", missing: str = "-") -> str:
+    return missing if value is None else fmt.format(value)
+
+
+# A front member's test accuracy is measured by a report that has the study's data (and the
+# member's file) at hand; one without shows this instead, and a later report where they are fills it in.
+NOT_MEASURED_HERE = "not measured here"
 
 
 CSV_FIELDS = [f for f in TrialPoint.__dataclass_fields__]
@@ -395,7 +418,10 @@ def to_csv(report: Report) -> str:
     writer = csv.DictWriter(out, fieldnames=CSV_FIELDS)
     writer.writeheader()
     for p in sorted(report.points, key=lambda p: (not p.on_front, p.latency_ms)):
-        writer.writerow(asdict(p))
+        row = asdict(p)
+        if p.on_front and p.test_accuracy is None:
+            row["test_accuracy"] = NOT_MEASURED_HERE
+        writer.writerow(row)
     return out.getvalue()
 
 

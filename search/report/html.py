@@ -12,7 +12,7 @@ import html
 from typing import Sequence
 
 from .decision import decide, describe
-from .front import Report, TrialPoint, dominated_by
+from .front import NOT_MEASURED_HERE, Report, TrialPoint, dominated_by
 
 ARCH_SHOWN = 48  # characters of the architecture string in the table; the rest on hover
 
@@ -73,6 +73,8 @@ def render(report: Report, images: dict[str, bytes]) -> str:
             f"<p>Teacher (ResNet-18, fp32, exported and measured as the trials are): validation accuracy "
             f"{t.accuracy:.4f}, p50 {t.latency_ms:.3f} ms{retimed}, {t.size_kb:.1f} KB.</p>"
         )
+    if report.test_note:
+        parts.append(f'<p class="warn">{esc(report.test_note)}</p>')
     if report.n_running:
         parts.append(
             f'<p class="warn">This study is still running ({report.n_running} trials running or waiting): '
@@ -126,7 +128,7 @@ def _row(p: TrialPoint) -> str:
         _maybe(p.retimed_p50_ms, "{:.3f}"),
         _maybe(p.retimed_p90_ms, "{:.3f}"),
         _num(p.accuracy, f"{p.accuracy:.4f}"),
-        _maybe(p.test_accuracy),
+        _maybe(p.test_accuracy, missing=NOT_MEASURED_HERE),
         _maybe(p.accuracy_on_target),
         _maybe(p.accuracy_before_quant),
         _maybe(p.prune_ratio, "{:g}"),
@@ -141,8 +143,8 @@ def _num(value, text: str) -> str:
     return f'<td class="n" data-v="{value}">{html.escape(text)}</td>'
 
 
-def _maybe(value, fmt: str = "{:.4f}") -> str:
-    return '<td class="n" data-v="">-</td>' if value is None else _num(value, fmt.format(value))
+def _maybe(value, fmt: str = "{:.4f}", missing: str = "-") -> str:
+    return f'<td class="n" data-v="">{html.escape(missing)}</td>' if value is None else _num(value, fmt.format(value))
 
 
 def _baselines(report: Report) -> str:
@@ -171,7 +173,7 @@ def _compared(report: Report) -> str:
         for p in front:
             rows.append(
                 f"<tr><td>{html.escape(name)}</td><td>{data}</td><td>{html.escape(target)}</td>{_num(p.number, str(p.number))}"
-                f"{_num(p.accuracy, f'{p.accuracy:.4f}')}{_maybe(p.test_accuracy)}"
+                f"{_num(p.accuracy, f'{p.accuracy:.4f}')}{_maybe(p.test_accuracy, missing=NOT_MEASURED_HERE)}"
                 f"{_num(p.fair_latency_ms, f'{p.fair_latency_ms:.3f}')}{_num(p.size_kb, f'{p.size_kb:.1f}')}"
                 f"<td>{html.escape(p.compression)}</td><td>{html.escape(p.measured_on)}</td></tr>"
             )

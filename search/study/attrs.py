@@ -60,6 +60,10 @@ STUDY_CONFIG = "config"
 STUDY_TEST_ACCURACY = "test_accuracy"  # {trial number: test accuracy}, front members only
 STUDY_BASELINES = "baselines"  # {"enqueued": [names], "skipped": {name: why}}, set once when the study starts
 STUDY_TEACHER_ACCURACY = "teacher_accuracy"  # {sha256 of the teacher's ONNX file: its validation accuracy}
+# The teacher's ONNX file a report last drew, kept in the model store so that reports on a
+# machine without the teacher (or its data) draw and re-time it: {"onnx_sha256", "size_bytes",
+# "latency": {"p50_ms", "p90_ms", "measured_on"} where and when first measured, or null}.
+STUDY_TEACHER_FILE = "teacher_file"
 STUDY_DATA = "data"  # Dataset.record() of the data the study started on: preprocessing, class names, identity
 STUDY_WORKERS_JOINED = "workers_joined"  # how many workers have run the trial loop: seeds each one's sampler
 # finalized:<trial number>: one per finalized trial (``nas.py finalize``), so that runs
