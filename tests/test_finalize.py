@@ -27,6 +27,7 @@ from search.stages.evaluate import onnx_accuracy
 from search.stages.train import TrainConfig, fit
 from search.study import attrs
 from search.study.storage import Store
+from search.study.teacher_store import TeacherStore
 
 STUDY = "fin"
 PROXY_IMAGES = 300  # of digits' 1150 training images: the default finalize is ceil(5 * 300 / 1150) = 2 epochs
@@ -109,8 +110,11 @@ def test_finalized_files_are_stored_and_are_what_their_records_say(finalized, di
     members = build_report(STUDY, "", "", study.get_trials(), {}).front
     assert len(records) == len(members) + 1  # the front, and the trial off it that finalize --trials added
     store = Store(url)
+    teacher = TeacherStore(store).get(STUDY)
     for number, record in records.items():
         assert [k for k in RECORD_KEYS if k not in record] == []
+        # Distilled from the study's teacher, as its trial was.
+        assert record[attrs.TEACHER]["sha256"] == teacher.sha256 == study.trials[number].user_attrs[attrs.TEACHER_SHA256]
         assert record[attrs.FINAL_EPOCHS] == DEFAULT_EPOCHS and record[attrs.FINAL_IMAGES] == len(digits.train)
         assert record[attrs.PROXY_ACCURACY] == study.trials[number].values[0]
         assert record[attrs.COMPRESSION] == study.trials[number].user_attrs[attrs.COMPRESSION]

@@ -8,9 +8,11 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import FAST, ROOT
+from search.stages.teacher import default_teacher_epochs
 from search.study import attrs
 from search.study.loop import counts_towards_budget
 from search.study.storage import Store
+from search.study.teacher_store import READY, TeacherStore
 
 STUDY = "shared"
 
@@ -57,3 +59,36 @@ def test_three_workers_started_together_train_distinct_candidates_to_exactly_the
 def test_eight_workers_stop_at_exactly_twenty(tmp_path, cache_dir, fresh_database):
     _run_workers(tmp_path, cache_dir, fresh_database, [f"w{i}" for i in range(8)], budget=20)
     _check_study(fresh_database, 20, 8)
+
+
+@pytest.mark.slow  # 270 s on a busy machine: a teacher trained while two workers wait, then 3 trials; CI runs it
+def test_three_workers_with_empty_caches_train_one_teacher_and_every_trial_carries_its_hash(tmp_path, fresh_database, digits):
+    workers = {}
+    for name in ("a", "b", "c"):  # three machines: a working folder and an empty cache each
+        (tmp_path / name).mkdir()
+        args = [sys.executable, str(ROOT / "nas.py"), "--budget", "3", "--study", STUDY, "--storage", fresh_database,
+                "--cache-dir", str(tmp_path / name / "cache"), *FAST]
+        workers[name] = subprocess.Popen(args, cwd=tmp_path / name, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    errors = {}
+    for name, w in workers.items():
+        _, errors[name] = w.communicate(timeout=1800)
+        assert w.returncode == 0, errors[name]
+
+    trainers = [name for name, err in errors.items() if "training the study's teacher on this machine" in err]
+    assert len(trainers) == 1, errors
+    store = Store(fresh_database)
+    record = TeacherStore(store).get(STUDY)
+    assert record.state == READY and record.source.startswith(f"trained ({default_teacher_epochs(digits)} epochs) on ")
+    for name, err in errors.items():
+        teachers = tmp_path / name / "cache" / "teachers"
+        # Each machine holds the study's teacher, the very bytes of the database's, under its SHA-256.
+        assert (teachers / f"{record.sha256}.pt").read_bytes() == store.get_model(record.sha256)
+        # Only the trainer keeps it as its own teacher of the data; the others loaded the study's.
+        assert len(list(teachers.glob("resnet18-digits-*.pt"))) == (name in trainers)
+        if name not in trainers:
+            assert "waiting for the study's teacher" in err and f"teacher: the study's, ResNet-18 {record.source}" in err
+    store.close()
+    study = optuna.load_study(study_name=STUDY, storage=fresh_database)
+    complete = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if counts_towards_budget(t)]
+    assert len(complete) == 3
+    assert {t.user_attrs[attrs.TEACHER_SHA256] for t in study.get_trials()} == {record.sha256}

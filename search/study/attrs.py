@@ -42,6 +42,7 @@ PROBE = "probe"  # {"latency_ms", "size_kb"} of the untrained network of the fin
 FINETUNE_SECONDS = "finetune_seconds"  # of seconds_prune: the fine-tunes' training
 CURVE_SECONDS = "curve_seconds"  # of seconds_train: evaluating the learning curve
 REPEAT_OF = "repeat_of"  # the number of an earlier trial with the same candidate: not trained again
+TEACHER_SHA256 = "teacher_sha256"  # of the study's teacher's weights (shared_teacher): every trial's is the same
 
 # Study user attributes.
 STUDY_CONFIG = "config"
@@ -64,7 +65,7 @@ ACCURACY_TEST = "accuracy_test"  # test split, deployed ONNX file under ONNX Run
 PROXY_ACCURACY = "proxy_accuracy"  # the trial's own validation accuracy: what the search ranked on
 TRAIN_SECONDS = "train_seconds"  # training and fine-tune, across resumed runs
 RESUMED_FROM_STEP = "resumed_from_step"  # the training step a killed run's checkpoint had reached (0: none)
-TEACHER = "teacher"  # {"path", "source"} of the teacher distilled from
+TEACHER = "teacher"  # {"sha256", "source"} of the teacher distilled from: the study's
 
 # Objectives, in order.
 METRIC_NAMES = ("accuracy", "latency_ms", "size_kb")
