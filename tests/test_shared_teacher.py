@@ -98,7 +98,7 @@ def test_a_worker_waits_for_the_teacher_another_makes_showing_its_progress(teach
 def test_a_teacher_whose_maker_died_is_taken_over_by_the_next_worker(teachers, digits, cache_dir):
     dead = teachers.claim("s")  # and never a heartbeat
     progress = Recorder()
-    teacher = study_teacher(teachers, "s", digits, cache_dir, progress=progress)
+    teacher = study_teacher(teachers, "s", digits, cache_dir, progress=progress, stall_minutes=0.5)
     assert teachers.get("s").sha256 == teacher.sha256
     assert any(f"being made by {dead.worker}, silent for" in m and "taking it over" in m for m in progress.messages)
     assert not dead.publish("late", 0.5, "trained", digits.fingerprint())
