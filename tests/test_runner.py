@@ -1,6 +1,7 @@
 """The whole job in-process: what it refuses before any trial runs."""
 
 import json
+import socket
 import sqlite3
 
 import optuna
@@ -71,7 +72,12 @@ def test_trials_train_on_the_class_balanced_subset_with_the_teacher_s_logits_for
     assert len(trained_on) == 1 and torch.equal(trained_on[0].pixels, expected.pixels)
     assert torch.bincount(trained_on[0].y).tolist() == [10] * 10
     assert "proxy training on 100 of 1150 training images (class-balanced, --train-subset)" in messages
-    assert len(list((cache_dir / "teachers").glob(f"{teacher.path.stem}.logits-100-*.pt"))) == 1
+    # Cached beside the study's teacher, which is this machine's teacher of the data, taken into the study.
+    store = Store("sqlite:///studies/subset/study.db")
+    study_teacher = TeacherStore(store).get("subset")
+    store.close()
+    assert study_teacher.source == f"{teacher.source}, from {socket.gethostname()}'s cache"
+    assert len(list((cache_dir / "teachers").glob(f"{study_teacher.sha256}.logits-100-*.pt"))) == 1
 
 
 def test_a_search_on_photos_trains_its_teacher_with_the_strided_stem_at_the_resolution_chosen(tmp_path, monkeypatch):
