@@ -61,7 +61,7 @@ def test_eight_workers_stop_at_exactly_twenty(tmp_path, cache_dir, fresh_databas
     _check_study(fresh_database, 20, 8)
 
 
-@pytest.mark.slow  # 270 s on a busy machine: a teacher trained while two workers wait, then 3 trials; CI runs it
+@pytest.mark.slow  # 200 s on a busy 2-core machine: a teacher trained while two workers wait, then 3 trials; CI runs it
 def test_three_workers_with_empty_caches_train_one_teacher_and_every_trial_carries_its_hash(tmp_path, fresh_database, digits):
     workers = {}
     for name in ("a", "b", "c"):  # three machines: a working folder and an empty cache each

@@ -79,9 +79,11 @@ def test_a_refused_teacher_stops_the_workers_until_an_install_replaces_it(teache
     assert teachers.get("s").state == READY
 
 
-def test_of_workers_racing_for_a_stale_claim_exactly_one_takes_it(teachers):
-    teachers.claim("s")
-    time.sleep(STALE + 0.3)
+@pytest.mark.parametrize("claimed_before", [False, True], ids=["a new study", "a stale claim"])
+def test_of_workers_racing_for_the_claim_exactly_one_takes_it(teachers, claimed_before):
+    if claimed_before:
+        teachers.claim("s")
+        time.sleep(STALE + 0.3)
     won = []
     racers = [threading.Thread(target=lambda: won.append(teachers.claim("s"))) for _ in range(4)]
     for r in racers:
