@@ -6,7 +6,7 @@
     python nas.py status                             studies, trial counts, fronts
     python nas.py finalize --study digits-host --front   the front trained in full; proxy vs final
     python nas.py export --study digits-host --trial 12 --out model/ [--final]
-    python nas.py teacher --dataset cifar10 --data-dir DATA [--weights resnet18.pt]
+    python nas.py teacher --dataset cifar10 --data-dir DATA [--weights resnet18.pt] [--study NAME]
     python nas.py agent --port 8470 --token SECRET   on the board: measure for the search
 
 This file parses and dispatches; the work is in search/ and spaces/.
@@ -175,9 +175,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_machine_args(f)
     _add_data_args(f)
 
-    t = sub.add_parser("teacher", help="train a data set's teacher, or install one from a state dict")
-    t.add_argument("--dataset", default="digits", metavar="NAME", help="as for search (default: %(default)s)")
-    t.add_argument("--resolution", type=int, default=0, metavar="N", help="as for search (default: from the data)")
+    t = sub.add_parser(
+        "teacher",
+        help="train a data set's teacher, or install one from a state dict; with --study, as that study's",
+        description="Without --study: train this machine's teacher for a data set (kept under --cache-dir), or "
+        "install a ResNet-18 state dict as it; a new study on that data takes it as its own. With --study: the "
+        "same, into the study's database, where every worker of the study loads it from (the study's data set "
+        "and resolution apply). A teacher no better than 1.5x chance on the validation split is refused.",
+    )
+    t.add_argument("--dataset", metavar="NAME", help="as for search (default: digits, or the --study's)")
+    t.add_argument("--resolution", type=int, metavar="N", help="as for search (default: from the data, or the --study's)")
+    t.add_argument("--study", metavar="NAME", help="make or install the teacher of this study, in its database")
+    t.add_argument("--storage", metavar="URL", help="as for search: the --study's database (default: sqlite:///studies/NAME/study.db)")
     _add_data_args(t)
     t.add_argument("--weights", metavar="PATH", help="a ResNet-18 state dict to install instead of training")
     t.add_argument("--epochs", type=int, metavar="N", help="training epochs (default: by data set size)")

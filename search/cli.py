@@ -305,21 +305,80 @@ def cmd_finalize(args: argparse.Namespace) -> int:
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
-    from .data import load_dataset
-    from .stages.teacher import import_teacher, load_or_train_teacher, teacher_path
+    from .data import check_dataset_name, load_dataset
+    from .stages.teacher import NearChance, import_teacher, load_or_train_teacher, teacher_path
 
-    data = load_dataset(args.dataset, args.data_dir, args.cache_dir, args.resolution, args.skip_bad_images)
     progress = TerminalProgress()
+    if args.study is not None:
+        return _study_teacher(args, progress)
+    if args.storage is not None:
+        raise ConfigError("--storage names where a study lives: give the --study to install the teacher into")
+    dataset = args.dataset or "digits"
+    check_dataset_name(dataset, args.data_dir)
+    data = load_dataset(dataset, args.data_dir, args.cache_dir, args.resolution or 0, args.skip_bad_images)
     if args.weights:
         if not Path(args.weights).is_file():
             raise ConfigError(f"--weights {args.weights} is not a file")
         try:
             teacher = import_teacher(data, args.weights, args.cache_dir, on_progress=progress.steps)
-        except ValueError as e:
+        except NearChance as e:
+            raise ConfigError(f"{e}; nothing was installed") from None
+        except ValueError as e:  # the file does not fit the teacher
             raise ConfigError(str(e)) from None
     else:
         if teacher_path(data, args.cache_dir).exists():
             print(f"teacher for {data.name} already cached at {teacher_path(data, args.cache_dir)}")
-        teacher = load_or_train_teacher(data, args.cache_dir, args.epochs, on_progress=progress.steps)
+        try:
+            teacher = load_or_train_teacher(data, args.cache_dir, args.epochs, on_progress=progress.steps)
+        except NearChance as e:
+            raise SearchError(f"{e}; nothing was kept: train for longer (--epochs N)") from None
     print(f"teacher for {data.name}: {teacher.source}, validation accuracy {teacher.val_accuracy:.4f}, at {teacher.path}")
+    return 0
+
+
+def _read_weights(weights: str, data):
+    from .stages.teacher import read_weights
+
+    if not Path(weights).is_file():
+        raise ConfigError(f"--weights {weights} is not a file")
+    try:
+        return read_weights(data, weights)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _study_teacher(args: argparse.Namespace, progress: TerminalProgress) -> int:
+    """``nas.py teacher --study S``: install ``--weights`` as the study's teacher, or train it
+    into the study; the data checked against the study's first, and nothing written if refused."""
+    from .data import check_dataset_name, load_dataset
+    from .runner import check_same_data
+    from .shared_teacher import check_installable, describe, install_teacher, study_teacher
+    from .study.storage import Store, open_storage, plan_study
+    from .study.teacher_store import READY, TeacherStore
+
+    explicit = {k: v for k, v in (("dataset", args.dataset), ("resolution", args.resolution)) if v is not None}
+    plan = plan_study(args.study, args.storage, explicit)
+    check_dataset_name(plan.config.dataset, args.data_dir)
+    data = load_dataset(plan.config.dataset, args.data_dir, args.cache_dir, plan.config.resolution, args.skip_bad_images)
+    check_same_data(plan.name, plan.data, data)
+    model = _read_weights(args.weights, data) if args.weights else None
+    if model is not None:
+        check_installable(model, data, args.weights, progress)
+    open_storage(plan.url).engine.dispose()  # the study's database, made where it is new
+    teachers = TeacherStore(Store(plan.url))
+    record = teachers.get(plan.name)
+    if model is None and args.epochs is not None and record is not None and record.state == READY:
+        raise ConfigError(
+            f"study {plan.name} has its teacher already ({record.source}): its trials must share one; "
+            "train a new one for a new --study"
+        )
+    if model is not None:
+        teacher = install_teacher(teachers, plan.name, data, args.cache_dir, model, args.weights, progress)
+    else:
+        epochs = args.epochs or plan.config.teacher_epochs or None
+        teacher = study_teacher(
+            teachers, plan.name, data, args.cache_dir, epochs, plan.config.seed, progress, retrain=args.epochs is not None
+        )
+    progress.close()
+    print(f"teacher of study {plan.name}: {describe(teacher)}")
     return 0

@@ -126,15 +126,55 @@ class Dataset:
             "std": list(self.std),
             "images": {"train": len(self.train), "val": len(self.val), "test": len(self.test)},
             "fingerprint": self.fingerprint(),
+            # Apart from the fingerprint, which keys teachers cached before the test split was
+            # part of the identity: a study's test accuracies are as much its data as its training.
+            "test_fingerprint": _content_hash(self.name, self.test),
         }
 
     def fingerprint(self) -> str:
         """Identifies the exact training data: keys the teacher cache."""
-        h = hashlib.sha256(self.name.encode())
-        for split in (self.train, self.val):
-            h.update(np.ascontiguousarray(split.pixels.numpy()))
-            h.update(split.y.numpy().tobytes())
-        return h.hexdigest()[:16]
+        return _content_hash(self.name, self.train, self.val)
+
+
+def _content_hash(name: str, *splits: Split) -> str:
+    h = hashlib.sha256(name.encode())
+    for split in splits:
+        h.update(np.ascontiguousarray(split.pixels.numpy()))
+        h.update(split.y.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def data_difference(study: dict, here: dict) -> str | None:
+    """What differs between the record of a study's data and this copy's (``Dataset.record``),
+    the plainest difference first, in a few words; None when they are the same data. Only
+    what both records hold is compared: a study recorded by an earlier version holds less."""
+    def both(key):
+        return key in study and key in here
+
+    if both("name") and study["name"] != here["name"]:
+        return f"data set: {here['name']} here, {study['name']} in the study"
+    if both("classes") and study["classes"] != here["classes"]:
+        ours, theirs = here["classes"], study["classes"]
+        if len(ours) != len(theirs):
+            return f"classes: {len(ours)} here, {len(theirs)} in the study"
+        i = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
+        return f"classes: class {i} is {ours[i]!r} here, {theirs[i]!r} in the study"
+    if both("images") and study["images"] != here["images"]:
+        counts = [
+            f"{split} {here['images'].get(split)} here, {study['images'].get(split)} in the study"
+            for split in ("train", "val", "test") if here["images"].get(split) != study["images"].get(split)
+        ]
+        return "images: " + "; ".join(counts)
+    for key, unit in (("channels", ""), ("resolution", " px")):
+        if both(key) and study[key] != here[key]:
+            return f"{key}: {here[key]}{unit} here, {study[key]}{unit} in the study"
+    for key, what in (("fingerprint", "training and validation"), ("test_fingerprint", "test")):
+        if both(key) and study[key] != here[key]:
+            return (
+                f"content differs: the {what} images or labels are not the study's, though as many "
+                f"(fingerprint {here[key]} here, {study[key]} in the study)"
+            )
+    return None
 
 
 def balanced_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:

@@ -35,12 +35,13 @@ from spaces import build_model, parse_arch, parse_compression
 from .data import Dataset, Split, balanced_subset, load_dataset
 from .progress import SearchProgress
 from .report.front import FinalizedPoint, build_report, finalized_points, rank_agreement
-from .runner import announce_data, announce_device, check_plan, study_teacher
+from .runner import announce_data, announce_device, check_plan, check_same_data
+from .shared_teacher import shared_logits, study_teacher
 from .stages.cost import count_cost
 from .stages.evaluate import onnx_accuracy
 from .stages.export import check_parity
 from .stages.measure import CachedMeasurer, Measurer
-from .stages.teacher import Teacher, teacher_logits
+from .stages.teacher import Teacher
 from .stages.train import fit, train_device
 from .study import attrs
 from .study.config import ConfigError, StudyConfig, study_dir
@@ -55,6 +56,7 @@ from .study.objective import (
     trial_seed,
 )
 from .study.storage import Store, existing_study, open_study, study_config
+from .study.teacher_store import TeacherStore
 from .targets import Target
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,7 @@ def run_finalize(request: FinalizeRequest, progress: SearchProgress = SearchProg
     chosen = choose_trials(study, request.trials)
 
     data = load_dataset(config.dataset, request.data_dir, request.cache_dir, config.resolution, request.skip_bad_images)
+    check_same_data(plan.name, plan.data, data)
     announce_data(data, progress)
     proxy_images = len(balanced_subset(data.train.y, config.train_subset, config.seed))
     epochs = request.epochs or default_epochs(config.epochs, proxy_images, len(data.train))
@@ -120,9 +123,12 @@ def run_finalize(request: FinalizeRequest, progress: SearchProgress = SearchProg
             todo.append(trial)
     failed = {}
     if todo:
-        teacher = study_teacher(data, request.cache_dir, config, progress)
+        teachers = TeacherStore(store)
+        teacher = study_teacher(
+            teachers, plan.name, data, request.cache_dir, config.teacher_epochs or None, config.seed, progress, data.train
+        )
         progress.stage(None, "teacher logits")
-        logits = teacher_logits(teacher, data.train, on_progress=progress.steps)
+        logits = shared_logits(teachers, teacher, data.train, on_progress=progress.steps)
         device = train_device(request.train_device)
         announce_device(device, progress)
         train = data.train.to(device)
@@ -284,7 +290,7 @@ def finalize_trial(trial: FrozenTrial, ctx: FinalizeContext) -> dict:
         attrs.ONNX_SHA256: ctx.store.put_model(deployed),
         attrs.TRAIN_SECONDS: round(checkpoints.seconds, 2),
         attrs.RESUMED_FROM_STEP: training.resumed_from_step,
-        attrs.TEACHER: {"path": str(ctx.teacher.path), "source": ctx.teacher.source},
+        attrs.TEACHER: {"sha256": ctx.teacher.sha256, "source": ctx.teacher.source},
     }
 
     progress.stage(n, "measure")

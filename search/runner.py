@@ -6,6 +6,7 @@ is checked before anything is written, so a bad command leaves no trace.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 from spaces import get_space
 
 from .board.client import AgentError
-from .data import Dataset, DatasetError, balanced_subset, check_dataset_name, load_dataset
+from .data import Dataset, DatasetError, balanced_subset, check_dataset_name, data_difference, load_dataset
 from .progress import SearchProgress
 from .report.draw import write_outputs
 from .report.front import (
@@ -28,21 +29,21 @@ from .report.retime import ROUNDS, retime, same_setup
 from .stages.evaluate import onnx_accuracy
 from .stages.measure import CachedMeasurer, Measurer, make_measurer
 from .stages.export import export_onnx
-from .stages.teacher import Teacher, load_or_train_teacher, teacher_logits, teacher_path
+from .shared_teacher import shared_logits, stored_teacher, study_teacher
+from .stages.teacher import Teacher
 from .stages.train import train_device
 from .study import attrs
 from .study.baselines import enqueue_baselines, study_baselines
-from .study.config import ConfigError, StudyConfig, study_dir
+from .study.config import ConfigError, study_dir
 from .study.loop import count_complete, run_trials
 from .study.objective import StudyObjective, TrialContext
 from .study.storage import (
-    SearchError, Store, StudyPlan, TrialStartLock, existing_study, open_storage, open_study, plan_study,
-    study_config,
+    Store, StudyPlan, TrialStartLock, existing_study, open_storage, open_study, plan_study, study_config,
 )
+from .study.teacher_store import READY, TeacherStore
 from .targets import Target, TargetError, get_target
 
 
-CHANCE_MULTIPLE = 1.5  # a teacher below 1.5x chance accuracy has learned nothing to distil
 # Validation images each point of a learning curve is taken on: the split is a random
 # draw, so its first 2,000 are too; on CIFAR-10 all 5,000 would cost 4 points x 2 s a trial.
 CURVE_IMAGES = 2000
@@ -100,26 +101,33 @@ def run_search(request: SearchRequest, progress: SearchProgress = SearchProgress
     p = prepare(request)
     config = p.plan.config
     data = load_dataset(config.dataset, request.data_dir, request.cache_dir, config.resolution, request.skip_bad_images)
+    check_same_data(p.plan.name, p.plan.data, data)  # before the study is opened: a refused worker writes nothing
     announce_data(data, progress)
     study, store = open_study(p.plan, data.resolution)
-    record_data(study, data)
+    # Under the start lock: of two workers starting a new study on different copies, one records its data,
+    # the other is refused.
+    with contextlib.closing(TrialStartLock(p.plan.url, p.plan.name)) as lock, lock():
+        record_data(study, data)
     config = study_config(study)
     progress.message(f"study {p.plan.name}: {count_complete(study)} of {request.budget} trials complete; storage {p.plan.url}")
     progress.message(f"target {p.target.describe()}")
 
-    teacher = study_teacher(data, request.cache_dir, config, progress)
     device = train_device(request.train_device)
     proxy = data.train.take(balanced_subset(data.train.y, config.train_subset, config.seed))
     if len(proxy) < len(data.train):
         progress.message(f"proxy training on {len(proxy)} of {len(data.train)} training images (class-balanced, --train-subset)")
+    teachers = TeacherStore(store)
+    teacher = study_teacher(
+        teachers, p.plan.name, data, request.cache_dir, config.teacher_epochs or None, config.seed, progress, proxy
+    )
     progress.stage(None, "teacher logits")
-    logits = teacher_logits(teacher, proxy, on_progress=progress.steps)
+    logits = shared_logits(teachers, teacher, proxy, on_progress=progress.steps)
     announce_device(device, progress)
     measurer = CachedMeasurer(p.measurer, store)
     curve_images = data.val.take(torch.arange(min(CURVE_IMAGES, len(data.val))))
     ctx = TrialContext(
         config, get_space(config.space), data, proxy.to(device), curve_images.to(device), logits, p.target,
-        measurer, store, progress,
+        measurer, store, progress, teacher.sha256,
     )
     start_lock = TrialStartLock(p.plan.url, p.plan.name)
     try:
@@ -153,9 +161,24 @@ def start_with_baselines(study: optuna.Study, ctx: TrialContext, budget: int) ->
 
 def record_data(study: optuna.Study, data: Dataset) -> None:
     """Keep what the study's data is (``Dataset.record``) with the study, once: exported
-    models' cards read their preprocessing and class names from it."""
-    if attrs.STUDY_DATA not in study.user_attrs:
+    models' cards read their preprocessing and class names from it, and every later
+    worker's copy must be the same data (``check_same_data``). A study made before it
+    was recorded has it recorded now."""
+    stored = study.user_attrs.get(attrs.STUDY_DATA)
+    if stored is None:
         study.set_user_attr(attrs.STUDY_DATA, data.record())
+    else:
+        check_same_data(study.study_name, stored, data)
+
+
+def check_same_data(study: str, stored: dict | None, data: Dataset) -> None:
+    """Refuse (``DatasetError``) a copy of the data that is not the one the study recorded."""
+    difference = None if stored is None else data_difference(stored, data.record())
+    if difference is not None:
+        raise DatasetError(
+            f"this copy of {data.name} is not study {study}'s data ({difference}): run this worker on the study's "
+            "copy, or start a new --study"
+        )
 
 
 def announce_data(data: Dataset, progress: SearchProgress) -> None:
@@ -171,25 +194,6 @@ def announce_data(data: Dataset, progress: SearchProgress) -> None:
 def announce_device(device, progress: SearchProgress) -> None:
     if device.type != "cpu":
         progress.message(f"training on {device} (mixed precision); latency is still measured on the target")
-
-
-def study_teacher(data: Dataset, cache_dir: str, config: StudyConfig, progress: SearchProgress) -> Teacher:
-    """The data set's teacher, trained first if it is not cached, and checked to know more than chance."""
-    progress.stage(None, "teacher")
-    teacher = load_or_train_teacher(data, cache_dir, config.teacher_epochs or None, config.seed, on_progress=progress.steps)
-    progress.message(f"teacher: ResNet-18 {teacher.source}, validation accuracy {teacher.val_accuracy:.4f}")
-    check_teacher(teacher, data)
-    return teacher
-
-
-def check_teacher(teacher: Teacher, data: Dataset) -> None:
-    chance = 1 / data.num_classes
-    if teacher.val_accuracy < CHANCE_MULTIPLE * chance:
-        raise SearchError(
-            f"the teacher at {teacher.path} is near chance ({teacher.val_accuracy:.3f}, chance {chance:.3f}): "
-            "distilling from it would mislead every trial; delete it and train longer (--teacher-epochs), "
-            "or install a trained one with: python nas.py teacher --weights W"
-        )
 
 
 def finish(
@@ -219,6 +223,7 @@ def finish(
         add_measurements(report, tested, retimed), max_latency_ms=max_latency_ms, max_size_kb=max_size_kb,
         retime_note=retime_note, test_note=test_note, hypervolume_curve=tuple(hypervolume_by_trial(trials)),
         importances=param_importances(trials), compared=compared, teacher=point,
+        teacher_accuracy=study_teacher_accuracy(store, study.study_name),
     )
     write_outputs(report, out_dir, store.get_model)
     return report
@@ -373,12 +378,11 @@ def report_study(request: ReportRequest, progress: SearchProgress = SearchProgre
     else:
         record_data(opened, data)
     config = study_config(opened)
-    # Until a report has stored the study's teacher file, it is drawn only where the teacher
-    # is cached: a report never trains one.
+    # The study's own teacher, loaded only until a report has stored its file (the page
+    # draws that from the database) and only where the data is at hand: a report never makes one.
     teacher = None
     if data is not None and attrs.STUDY_TEACHER_FILE not in opened.user_attrs:
-        if teacher_path(data, request.cache_dir).exists():
-            teacher = load_or_train_teacher(data, request.cache_dir)
+        teacher = stored_teacher(TeacherStore(store), request.study, data, request.cache_dir)
     return finish(
         opened, data, store, study_dir(request.study), plan.config.target,
         config.max_latency_ms if request.max_latency_ms is None else request.max_latency_ms,
@@ -396,13 +400,18 @@ def study_data_here(study: optuna.Study, request: ReportRequest) -> tuple[Datase
                             request.skip_bad_images)
     except DatasetError as e:
         return None, f"the data set is not at hand here ({e})"
-    recorded = study.user_attrs.get(attrs.STUDY_DATA, {}).get("fingerprint")
-    if recorded is not None and recorded != data.fingerprint():
-        return None, (
-            f"the data set here is another copy than the study's (fingerprint {data.fingerprint()}, "
-            f"the study recorded {recorded})"
-        )
+    recorded = study.user_attrs.get(attrs.STUDY_DATA)
+    difference = None if recorded is None else data_difference(recorded, data.record())
+    if difference is not None:
+        return None, f"the data set here is another copy than the study's ({difference})"
     return data, ""
+
+
+def study_teacher_accuracy(store: Store, study: str) -> float | None:
+    """The validation accuracy of the study's teacher, as recorded when it was made: shown
+    beside the front whether or not its file is drawn."""
+    record = TeacherStore(store).get(study)
+    return None if record is None or record.state != READY else record.val_accuracy
 
 
 def compared_front(plan: StudyPlan) -> ComparedStudy:

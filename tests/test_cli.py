@@ -98,15 +98,46 @@ def test_the_teacher_s_work_shows_on_a_bar_of_its_own_gone_before_the_search_bar
     assert before_search.rstrip("\r").rsplit("\r", 1)[-1].strip() == ""
 
 
-def test_installing_a_teacher_shows_its_validation_pass(tmp_path, capsys):
-    from search.stages.teacher import build_teacher
-
+def test_installing_a_teacher_shows_its_validation_pass(tmp_path, capsys, teacher):
     weights = tmp_path / "resnet18.pt"
-    torch.save(build_teacher(1, 10).state_dict(), weights)
+    torch.save(teacher.model.state_dict(), weights)
     assert nas.main(["teacher", "--dataset", "digits", "--weights", str(weights), "--cache-dir", str(tmp_path)]) == 0
     captured = capsys.readouterr()
     assert "teacher: validation batch 1/1" in captured.err  # digits' 287 validation images: one batch
     assert captured.out.startswith("teacher for digits: imported from")
+
+
+@pytest.mark.parametrize("into", [[], ["--study", "s"]], ids=["this machine's", "a study's"])
+def test_a_teacher_no_better_than_chance_is_not_installed(tmp_path, monkeypatch, capsys, into):
+    from search.stages.teacher import build_teacher
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    torch.save(build_teacher(1, 10).state_dict(), tmp_path / "untrained.pt")  # knows nothing: chance is 0.1
+    assert nas.main(["teacher", "--weights", "untrained.pt", "--cache-dir", "cache", *into]) == 2
+    (line,) = capsys.readouterr().err.strip().rsplit("\r", 1)[-1].strip().splitlines()
+    assert line.startswith("nas.py: error: the teacher ") and "untrained.pt" in line
+    assert "is near chance on the validation split (0.0" in line and line.endswith("; nothing was installed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["untrained.pt"]  # no teacher kept, no study made
+
+
+def test_a_teacher_installed_into_a_study_is_the_one_its_workers_load(tmp_path, monkeypatch, capsys, teacher, digits):
+    from search.shared_teacher import stored_teacher
+    from search.study.storage import Store
+    from search.study.teacher_store import TeacherStore
+
+    monkeypatch.chdir(tmp_path)
+    torch.save(teacher.model.state_dict(), tmp_path / "trained.pt")
+    assert nas.main(["teacher", "--study", "s", "--weights", "trained.pt", "--cache-dir", "cache"]) == 0
+    out = capsys.readouterr().out
+    store = Store("sqlite:///studies/s/study.db")
+    installed = stored_teacher(TeacherStore(store), "s", digits, tmp_path / "elsewhere")
+    store.close()
+    assert installed.source == "imported from trained.pt" and installed.val_accuracy > 0.9
+    assert out.strip().splitlines()[-1] == f"teacher of study s: ResNet-18 imported from trained.pt, validation accuracy " \
+        f"{installed.val_accuracy:.4f}, sha256 {installed.sha256[:12]}"
+    assert nas.main(["teacher", "--study", "s", "--weights", "trained.pt", "--cache-dir", "cache"]) == 2
+    assert "study s has its teacher already (imported from trained.pt" in capsys.readouterr().err
 
 
 def test_a_trial_s_training_shows_epoch_batch_and_when_the_trial_ends(capsys, every_step_drawn):

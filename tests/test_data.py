@@ -5,6 +5,7 @@ import logging
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from PIL import Image
 
 from cifar_subset import CIFAR10_CLASSES, extract_cifar10_subset
 from conftest import ROOT
-from search.data import DatasetError, Split, balanced_subset, check_dataset_name, load_dataset
+from search.data import DatasetError, Split, balanced_subset, check_dataset_name, data_difference, load_dataset
 
 # Class -> its dominant colour channel: a class is recognisable from its pixels after loading.
 CHANNELS = {"blue": 2, "green": 1, "red": 0}
@@ -283,3 +284,33 @@ def test_the_proxy_subset_is_class_balanced_and_fixed_by_the_seed():
     assert torch.equal(balanced_subset(labels, 0, seed=0), torch.arange(84))
     even = balanced_subset(torch.arange(1000) % 10, 100, seed=3)
     assert torch.bincount((torch.arange(1000) % 10)[even]).tolist() == [10] * 10
+
+
+def test_the_difference_between_two_copies_of_a_data_set_is_named_plainest_first(digits):
+    study = digits.record()
+    assert data_difference(study, digits.record()) is None
+    one_less = replace(digits, train=digits.train.take(torch.arange(1, len(digits.train))))
+    assert data_difference(study, one_less.record()) == "images: train 1149 here, 1150 in the study"
+    renamed = replace(digits, classes=("zero",) + digits.classes[1:])
+    assert data_difference(study, renamed.record()) == "classes: class 0 is 'zero' here, '0' in the study"
+    assert data_difference(study, replace(digits, classes=digits.classes[:9]).record()) == "classes: 9 here, 10 in the study"
+    pixels = digits.train.pixels.clone()
+    pixels[0, 0, 0, 0] += 1  # one pixel of one image
+    changed = replace(digits, train=replace(digits.train, pixels=pixels))
+    assert data_difference(study, changed.record()) == (
+        "content differs: the training and validation images or labels are not the study's, though as many "
+        f"(fingerprint {changed.fingerprint()} here, {digits.fingerprint()} in the study)"
+    )
+    labels = digits.test.y.clone()
+    labels[0] = (labels[0] + 1) % 10  # one test label
+    relabelled = replace(digits, test=replace(digits.test, y=labels))
+    assert data_difference(study, relabelled.record()).startswith("content differs: the test images or labels")
+
+
+def test_a_study_recorded_by_an_earlier_version_is_compared_on_what_it_recorded(digits):
+    earlier = {k: v for k, v in digits.record().items() if k != "test_fingerprint"}
+    labels = digits.test.y.clone()
+    labels[0] = (labels[0] + 1) % 10
+    assert data_difference(earlier, replace(digits, test=replace(digits.test, y=labels)).record()) is None
+    assert data_difference({"name": "digits"}, digits.record()) is None
+    assert data_difference({"name": "mnist"}, digits.record()) == "data set: digits here, mnist in the study"

@@ -4,10 +4,12 @@ stored beside the study, resumed after a kill, and the proxy's ranking measured.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -27,6 +29,7 @@ from search.stages.evaluate import onnx_accuracy
 from search.stages.train import TrainConfig, fit
 from search.study import attrs
 from search.study.storage import Store
+from search.study.teacher_store import TeacherStore
 
 STUDY = "fin"
 PROXY_IMAGES = 300  # of digits' 1150 training images: the default finalize is ceil(5 * 300 / 1150) = 2 epochs
@@ -109,8 +112,11 @@ def test_finalized_files_are_stored_and_are_what_their_records_say(finalized, di
     members = build_report(STUDY, "", "", study.get_trials(), {}).front
     assert len(records) == len(members) + 1  # the front, and the trial off it that finalize --trials added
     store = Store(url)
+    teacher = TeacherStore(store).get(STUDY)
     for number, record in records.items():
         assert [k for k in RECORD_KEYS if k not in record] == []
+        # Distilled from the study's teacher, as its trial was.
+        assert record[attrs.TEACHER]["sha256"] == teacher.sha256 == study.trials[number].user_attrs[attrs.TEACHER_SHA256]
         assert record[attrs.FINAL_EPOCHS] == DEFAULT_EPOCHS and record[attrs.FINAL_IMAGES] == len(digits.train)
         assert record[attrs.PROXY_ACCURACY] == study.trials[number].values[0]
         assert record[attrs.COMPRESSION] == study.trials[number].user_attrs[attrs.COMPRESSION]
@@ -302,6 +308,38 @@ def test_trials_that_cannot_be_finalized_are_one_line_exit_2_and_nothing_written
     assert dict(_open(cwd)[0].user_attrs) == before
     assert (cwd / "studies" / STUDY / "study.db").read_bytes() == db_bytes
     assert not (cwd / "studies" / STUDY / "finalize").exists()
+
+
+def test_finalize_on_a_copy_of_the_data_that_is_not_the_study_s_is_refused_and_writes_nothing(
+    searched, tmp_path, monkeypatch, capsys, digits
+):
+    import nas
+    import search.finalize
+
+    cwd = _copy(searched, tmp_path)
+    monkeypatch.chdir(cwd)
+    # This machine's copy: one training image fewer than the study's.
+    fewer = dataclasses.replace(digits, train=digits.train.take(torch.arange(1, len(digits.train))))
+    monkeypatch.setattr(search.finalize, "load_dataset", lambda *args, **kwargs: fewer)
+    db = cwd / "studies" / STUDY / "study.db"
+    before = _dump(db)
+    assert nas.main(["finalize", "--study", STUDY, "--front"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        f"nas.py: error: this copy of digits is not study {STUDY}'s data (images: train 1149 here, 1150 in the study): "
+        "run this worker on the study's copy, or start a new --study"
+    )
+    assert _dump(db) == before
+    assert not (cwd / "studies" / STUDY / "finalize").exists()
+
+
+def _dump(db) -> list[str]:
+    """Every table and row of a SQLite database: what it holds, whatever its write-ahead log's state."""
+    connection = sqlite3.connect(db)
+    try:
+        return list(connection.iterdump())
+    finally:
+        connection.close()
 
 
 @pytest.mark.parametrize(

@@ -158,6 +158,21 @@ def test_format_table_shows_board_accuracy_and_notes_a_drift_over_a_point():
     assert not format_table(report_of(sample_trials())).splitlines()[-1].startswith("note")
 
 
+def test_format_table_shows_the_teacher_s_validation_accuracy_beside_the_front():
+    from dataclasses import replace
+
+    from search.report.front import TeacherPoint
+
+    report = report_of(sample_trials())
+    assert not any(line.startswith("teacher") for line in format_table(report).splitlines())
+    recorded = format_table(replace(report, teacher_accuracy=0.9477)).splitlines()
+    assert recorded[7] == "teacher (ResNet-18, every trial distilled from it): validation accuracy 0.9477 (not measured here)"
+    measured = replace(report, teacher_accuracy=0.9477, teacher=TeacherPoint(0.9443, 1.5, 1.75, 44000.0, "here"))
+    assert format_table(measured).splitlines()[7] == (
+        "teacher (ResNet-18, every trial distilled from it): validation accuracy 0.9443, p50 1.500 ms, 44000.0 KB"
+    )
+
+
 def test_a_study_with_nothing_complete_reports_an_empty_front():
     report = report_of(numbered([create_trial(state=TrialState.FAIL)]))
     assert report.points == () and report.front == [] and report.measured_on == "nothing measured yet"

@@ -93,3 +93,9 @@ def test_the_teacher_is_shown_beside_the_front():
     teacher = TeacherPoint(0.99, 1.5, 1.75, 44000.0, "here", retimed_p50_ms=1.4)
     page = render(dataclasses.replace(report_of(sample_trials()), teacher=teacher), {})
     assert "validation accuracy 0.9900, p50 1.500 ms (re-timed 1.400 ms), 44000.0 KB" in page
+
+
+def test_the_study_s_teacher_accuracy_is_shown_where_the_teacher_was_not_measured():
+    page = render(dataclasses.replace(report_of(sample_trials()), teacher_accuracy=0.9477), {})
+    assert "Teacher (ResNet-18, the study's): validation accuracy 0.9477; not exported and measured here." in page
+    assert "Teacher (" not in render(report_of(sample_trials()), {})

@@ -122,7 +122,7 @@ def _context(tmp_path, digits, teacher, target=None, **config):
     target = target or get_target("host")
     logits = teacher_logits(teacher, digits.train)
     return TrialContext(config, get_space("tiny"), digits, digits.train, digits.val, logits, target,
-                        LocalMeasurer(target, plan), store, SearchProgress())
+                        LocalMeasurer(target, plan), store, SearchProgress(), teacher_sha256="the-teacher-s-sha256")
 
 
 @pytest.mark.parametrize("reduce_range", [True, False], ids=["7-bit", "8-bit"])

@@ -11,9 +11,11 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import FAST, ROOT, run_nas
+from search.stages.teacher import default_teacher_epochs
 from search.study import attrs
 from search.study.loop import counts_towards_budget
 from search.study.storage import Store
+from search.study.teacher_store import READY, TeacherStore
 
 STUDY = "shared"
 
@@ -111,3 +113,36 @@ def test_a_worker_killed_inside_a_trial_leaves_exactly_the_budget_and_its_candid
     (row,) = [line.split() for line in status.stdout.splitlines() if f" pid {victim.pid} " in line]
     failed, running = row[4], row[6]  # after host, "pid", pid and complete
     assert (failed, running) == ("1", "-"), row
+
+
+@pytest.mark.slow  # 200 s on a busy 2-core machine: a teacher trained while two workers wait, then 3 trials; CI runs it
+def test_three_workers_with_empty_caches_train_one_teacher_and_every_trial_carries_its_hash(tmp_path, fresh_database, digits):
+    workers = {}
+    for name in ("a", "b", "c"):  # three machines: a working folder and an empty cache each
+        (tmp_path / name).mkdir()
+        args = [sys.executable, str(ROOT / "nas.py"), "--budget", "3", "--study", STUDY, "--storage", fresh_database,
+                "--cache-dir", str(tmp_path / name / "cache"), *FAST]
+        workers[name] = subprocess.Popen(args, cwd=tmp_path / name, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    errors = {}
+    for name, w in workers.items():
+        _, errors[name] = w.communicate(timeout=1800)
+        assert w.returncode == 0, errors[name]
+
+    trainers = [name for name, err in errors.items() if "training the study's teacher on this machine" in err]
+    assert len(trainers) == 1, errors
+    store = Store(fresh_database)
+    record = TeacherStore(store).get(STUDY)
+    assert record.state == READY and record.source.startswith(f"trained ({default_teacher_epochs(digits)} epochs) on ")
+    for name, err in errors.items():
+        teachers = tmp_path / name / "cache" / "teachers"
+        # Each machine holds the study's teacher, the very bytes of the database's, under its SHA-256.
+        assert (teachers / f"{record.sha256}.pt").read_bytes() == store.get_model(record.sha256)
+        # Only the trainer keeps it as its own teacher of the data; the others loaded the study's.
+        assert len(list(teachers.glob("resnet18-digits-*.pt"))) == (name in trainers)
+        if name not in trainers:
+            assert "waiting for the study's teacher" in err and f"teacher: the study's, ResNet-18 {record.source}" in err
+    store.close()
+    study = optuna.load_study(study_name=STUDY, storage=fresh_database)
+    complete = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if counts_towards_budget(t)]
+    assert len(complete) == 3
+    assert {t.user_attrs[attrs.TEACHER_SHA256] for t in study.get_trials()} == {record.sha256}

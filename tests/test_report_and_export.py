@@ -95,8 +95,9 @@ def test_report_re_times_the_front_and_names_the_model_within_the_budget(searche
     cwd, _, _ = searched
     result = run_nas(["report", "--study", "card", "--max-latency-ms", "10", "--compare", "card"], cwd)
     assert result.returncode == 0, result.stderr
-    # The teacher too: the search stored its file in the study, and this folder has no teacher cache.
+    # The study's teacher, from its database (this folder has no teacher cached), re-timed with the front.
     assert "front, baselines and teacher re-timed together" in result.stdout and "re-timed p50" in result.stdout
+    assert "teacher (ResNet-18, every trial distilled from it): validation accuracy " in result.stdout
     assert "best within 10 ms: trial " in result.stdout
     page = (cwd / "studies" / "card" / "report" / "index.html").read_text()
     assert "best within 10 ms: trial " in page and "Compared with 1 other studies" in page

@@ -2,6 +2,7 @@
 
 import csv
 import datetime
+import re
 import signal
 import subprocess
 import sys
@@ -15,12 +16,13 @@ from conftest import FAST, ROOT, run_nas
 from search.study import attrs
 from search.stages.evaluate import onnx_accuracy
 from search.study.storage import GRACE_SECONDS, Store
+from search.study.teacher_store import TeacherStore
 
 REQUIRED_ATTRS = [
     attrs.ARCH, attrs.PARAMS, attrs.MACS, attrs.SIZE_BYTES, attrs.LATENCY_P50, attrs.LATENCY_P90,
     attrs.ACCURACY, attrs.ACCURACY_TORCH, attrs.TARGET, attrs.MEASURED_ON, attrs.PRUNE_RATIO,
     attrs.CHANNEL_ROUND, attrs.QUANT, attrs.CALIB_METHOD, attrs.PARAMS_BEFORE_PRUNE,
-    attrs.ACCURACY_BEFORE_QUANT, attrs.SIZE_BYTES_FP32,
+    attrs.ACCURACY_BEFORE_QUANT, attrs.SIZE_BYTES_FP32, attrs.TEACHER_SHA256,
 ] + [attrs.SECONDS_PREFIX + s for s in ("cost", "train", "prune", "export", "quantize", "evaluate", "measure")]
 
 
@@ -38,6 +40,9 @@ def test_search_end_to_end(tmp_path, cache_dir, digits):
     result = run_nas(["--budget", "3", "--study", "e2e", "--cache-dir", str(cache_dir), *FAST], tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Pareto front of study e2e" in result.stdout
+    # The study's teacher, made from this machine's, and its accuracy beside the front.
+    teacher_line = next(line for line in result.stdout.splitlines() if line.startswith("teacher (ResNet-18"))
+    assert re.fullmatch(r"teacher \(ResNet-18, every trial distilled from it\): validation accuracy 0\.9\d+, p50 .*", teacher_line)
 
     out = tmp_path / "studies" / "e2e"
     assert (out / "report" / "pareto.png").stat().st_size > 10_000
@@ -53,6 +58,8 @@ def test_search_end_to_end(tmp_path, cache_dir, digits):
     study, url = _study(tmp_path, "e2e")
     assert study.metric_names == list(attrs.METRIC_NAMES)
     store = Store(url)
+    teacher = TeacherStore(store).get("e2e")
+    assert {t.user_attrs[attrs.TEACHER_SHA256] for t in study.get_trials()} == {teacher.sha256}
     for trial in study.get_trials(states=(TrialState.COMPLETE,)):
         ua = trial.user_attrs
         missing = [k for k in REQUIRED_ATTRS if k not in ua]

@@ -155,10 +155,11 @@ def measure_latency(
     threads: int | None,
     provider: str = "CPUExecutionProvider",
     plan: TimingPlan = TimingPlan(),
-    open_session=make_session,
+    open_session=None,
 ) -> LatencyStats:
     """Batch-1 latency of the model on this machine, pooled over ``plan.sessions`` loads
-    (each ``open_session(onnx_bytes, threads, provider)``)."""
+    (each ``open_session(onnx_bytes, threads, provider)``, by default ``make_session``)."""
+    open_session = open_session or make_session  # looked up now: a test may replace make_session
     share = plan.per_session()
     samples: list[float] = []
     feed = None

@@ -208,6 +208,9 @@ class Report:
     importances: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     compared: tuple[ComparedStudy, ...] = ()
     teacher: TeacherPoint | None = None
+    # The study's teacher's validation accuracy as the study records it (``search.shared_teacher``):
+    # shown even where the teacher is not exported and measured.
+    teacher_accuracy: float | None = None
 
     @property
     def front(self) -> list[TrialPoint]:
@@ -373,6 +376,8 @@ def format_table(report: Report) -> str:
             f"note: on the board's kernels trials {', '.join(map(str, drifted))} differ from this machine's "
             f"accuracy by more than {100 * BOARD_ACCURACY_GAP:g} point"
         )
+    if report.teacher is not None or report.teacher_accuracy is not None:
+        lines.append(f"teacher (ResNet-18, every trial distilled from it): {_teacher_figures(report)}")
     if report.baselines:
         lines += ["", "Baselines (hand-designed, trained like every trial):"]
         lines += [f"  {_baseline_line(p, report.front)}" for p in report.baselines]
@@ -382,6 +387,14 @@ def format_table(report: Report) -> str:
 
 
 BOARD_ACCURACY_GAP = 0.01
+
+
+def _teacher_figures(report: Report) -> str:
+    t = report.teacher
+    if t is None:
+        return f"validation accuracy {report.teacher_accuracy:.4f} (not measured here)"
+    retimed = "" if t.retimed_p50_ms is None else f" (re-timed {t.retimed_p50_ms:.3f} ms)"
+    return f"validation accuracy {t.accuracy:.4f}, p50 {t.latency_ms:.3f} ms{retimed}, {t.size_kb:.1f} KB"
 
 
 def _baseline_line(p: TrialPoint, front: Sequence[TrialPoint]) -> str:

@@ -73,6 +73,11 @@ def render(report: Report, images: dict[str, bytes]) -> str:
             f"<p>Teacher (ResNet-18, fp32, exported and measured as the trials are): validation accuracy "
             f"{t.accuracy:.4f}, p50 {t.latency_ms:.3f} ms{retimed}, {t.size_kb:.1f} KB.</p>"
         )
+    elif report.teacher_accuracy is not None:
+        parts.append(
+            f"<p>Teacher (ResNet-18, the study's): validation accuracy {report.teacher_accuracy:.4f}; "
+            "not exported and measured here.</p>"
+        )
     if report.test_note:
         parts.append(f'<p class="warn">{esc(report.test_note)}</p>')
     if report.n_running:

@@ -54,6 +54,7 @@ ENQUEUED_WITH = (BASELINE, ARCH_SAMPLED)
 ENQUEUED_PARAMS = "fixed_params"
 RETRY_ORIGINAL = "failed_trial"
 RETRY_HISTORY = "retry_history"
+TEACHER_SHA256 = "teacher_sha256"  # of the study's teacher's weights (shared_teacher): every trial's is the same
 
 # Study user attributes.
 STUDY_CONFIG = "config"
@@ -80,7 +81,7 @@ ACCURACY_TEST = "accuracy_test"  # test split, deployed ONNX file under ONNX Run
 PROXY_ACCURACY = "proxy_accuracy"  # the trial's own validation accuracy: what the search ranked on
 TRAIN_SECONDS = "train_seconds"  # training and fine-tune, across resumed runs
 RESUMED_FROM_STEP = "resumed_from_step"  # the training step a killed run's checkpoint had reached (0: none)
-TEACHER = "teacher"  # {"path", "source"} of the teacher distilled from
+TEACHER = "teacher"  # {"sha256", "source"} of the teacher distilled from: the study's
 
 # Objectives, in order.
 METRIC_NAMES = ("accuracy", "latency_ms", "size_kb")

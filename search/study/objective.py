@@ -64,6 +64,7 @@ class TrialContext:
     measurer: Measurer  # usually a CachedMeasurer around the local or the board's
     store: Store
     progress: SearchProgress
+    teacher_sha256: str  # of the study's teacher (``search.shared_teacher``), which train_logits are from
 
 
 class StudyObjective:
@@ -110,6 +111,7 @@ def sample_trial(trial: optuna.Trial, ctx: TrialContext) -> Candidate:
             "weight_bits": 7 if target.reduce_range else 8,
         })
     trial.set_user_attr(attrs.TARGET, target.name)
+    trial.set_user_attr(attrs.TEACHER_SHA256, ctx.teacher_sha256)
     return Candidate(arch, comp)
 
 

@@ -264,22 +264,22 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     return storage
 
 
-def stored_config(url: str, study: str) -> StudyConfig | None:
-    """The configuration of an existing study, or None; creates nothing for a new SQLite file."""
+def stored_attrs(url: str, study: str) -> dict | None:
+    """The attributes of an existing study made by this tool, or None; creates nothing for a new SQLite file."""
     db = sqlite_file(url)
     if db is not None and not db.exists():
         return None
     storage = open_storage(url)
     try:
         study_id = storage.get_study_id_from_name(study)
-        text = storage.get_study_user_attrs(study_id).get(attrs.STUDY_CONFIG)
+        stored = storage.get_study_user_attrs(study_id)
     except KeyError:
         return None
     finally:
         storage.engine.dispose()  # its connection would stay open beside the study's own for the whole run
-    if text is None:
+    if attrs.STUDY_CONFIG not in stored:
         raise SearchError(f"study {study!r} in {url} was not made by this tool (it has no stored configuration)")
-    return StudyConfig.from_json(text)
+    return stored
 
 
 @dataclass(frozen=True)
@@ -290,6 +290,7 @@ class StudyPlan:
     url: str
     config: StudyConfig
     exists: bool
+    data: dict | None = None  # Dataset.record() of the data it was made on (attrs.STUDY_DATA), where it has one
 
 
 def plan_study(study: str | None, storage: str | None, explicit: dict) -> StudyPlan:
@@ -304,8 +305,11 @@ def plan_study(study: str | None, storage: str | None, explicit: dict) -> StudyP
     check_study_name(name)
     url = storage_url_for(name, storage)
     check_storage_url(url, user_given=storage is not None)
-    stored = stored_config(url, name)
-    return StudyPlan(name, url, resolve(name, explicit, stored), exists=stored is not None)
+    stored = stored_attrs(url, name)
+    if stored is None:
+        return StudyPlan(name, url, resolve(name, explicit, None), exists=False)
+    config = StudyConfig.from_json(stored[attrs.STUDY_CONFIG])
+    return StudyPlan(name, url, resolve(name, explicit, config), exists=True, data=stored.get(attrs.STUDY_DATA))
 
 
 def existing_study(study: str, storage: str | None) -> StudyPlan:
