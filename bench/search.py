@@ -5,6 +5,7 @@
     python bench/search.py sampler-overhead [--trials 1000] [--samplers nsga2,tpe]
     python bench/search.py trial-overhead --study NAME [--storage URL]
     python bench/search.py margins [--margins 0.01,0.02,0.03,0.05]
+    python bench/search.py latency-drift --study NAME [--storage URL] [--rounds 5]
 
 ``fronts`` runs one digits study (default settings, as ``make search``) per sampler, seed
 and early-stop setting, in studies/bench-search/ (a rerun resumes and reuses them), and
@@ -28,6 +29,12 @@ evaluation, measurement, storage writes) is the overhead, by stage.
 ``margins`` replays the early-stop rule over every study of ``fronts`` without it, once
 per ``MARGIN`` (the accuracy added to the largest gain seen): what each would stop, and
 how many front members.
+
+``latency-drift`` takes every trained trial of a finished study (complete, not a repeat,
+its file in the study's store), times all their files again in this process on a quiet
+machine, every file once a round (``search.report.retime``), and compares each with
+the latency the search recorded for it: how far the figures the samplers learned from
+were off.
 
 ``sampler-overhead`` runs the trial loop with a fake objective (the real compact space's
 parameters, values a cheap function of them) to ``--trials`` complete trials in one SQLite
@@ -317,6 +324,33 @@ def cmd_margins(args) -> None:
     print_json(result)
 
 
+def cmd_latency_drift(args) -> None:
+    from search.report.retime import retime
+    from search.stages.measure import LocalMeasurer
+    from search.study.storage import Store
+
+    url = args.storage or f"sqlite:///{ROOT}/studies/{args.study}/study.db"
+    trials = [t for t in counted(optuna.load_study(study_name=args.study, storage=url).get_trials(deepcopy=False))
+              if attrs.ONNX_SHA256 in t.user_attrs]
+    store = Store(url)
+    models = {t.number: store.get_model(t.user_attrs[attrs.ONNX_SHA256]) for t in trials}
+    measurer = LocalMeasurer(get_target(trials[0].user_attrs.get(attrs.TARGET, "host")))
+    log(f"re-timing {len(models)} files, {args.rounds} interleaved rounds")
+    retimed = retime(models, measurer, rounds=args.rounds)
+    ratios = {t.number: t.user_attrs[attrs.LATENCY_P50] / retimed[t.number].p50_ms for t in trials}
+    rows = [[t.number, t.user_attrs.get(attrs.BASELINE, ""), t.user_attrs[attrs.QUANT],
+             f"{t.user_attrs[attrs.LATENCY_P50]:.4f}", f"{retimed[t.number].p50_ms:.4f}", f"{ratios[t.number]:.2f}"]
+            for t in trials]
+    print_table(f"Search-time p50 against re-timed p50, study {args.study}",
+                ["trial", "baseline", "quant", "search ms", "re-timed ms", "ratio"], rows)
+    values = sorted(ratios.values())
+    summary = {"trials": len(values), "median": round(statistics.median(values), 3),
+               "p90": round(float(np.percentile(values, 90)), 3), "max": round(values[-1], 3),
+               "over_1.25": sum(v > 1.25 for v in values), "under_0.8": sum(v < 0.8 for v in values)}
+    print(f"ratio search / re-timed: {summary}")
+    print_json({"study": args.study, "ratios": ratios, "summary": summary})
+
+
 def _training_seconds(t) -> float:
     ua = t.user_attrs
     return ua.get(attrs.SECONDS_PREFIX + "train", 0.0) - ua.get(attrs.CURVE_SECONDS, 0.0) + ua.get(attrs.FINETUNE_SECONDS, 0.0)
@@ -342,9 +376,13 @@ def main() -> None:
     t.add_argument("--storage")
     m = sub.add_parser("margins")
     m.add_argument("--margins", default="0.01,0.02,0.03,0.05")
+    d = sub.add_parser("latency-drift")
+    d.add_argument("--study", required=True)
+    d.add_argument("--storage")
+    d.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     commands = {"fronts": cmd_fronts, "sampler-overhead": cmd_sampler_overhead, "trial-overhead": cmd_trial_overhead,
-                "margins": cmd_margins}
+                "margins": cmd_margins, "latency-drift": cmd_latency_drift}
     commands[args.command](args)
 
 
