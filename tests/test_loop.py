@@ -10,6 +10,8 @@ and starting at once, which without the start lock overshoots every time.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -211,6 +213,33 @@ def test_ctrl_c_anywhere_in_a_trial_fails_it_rather_than_leaving_it_running(sqli
     trials = trials_of(sqlite_url)
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
     assert trials[1].user_attrs[attrs.FAIL_REASON] == "interrupted"
+
+
+class CtrlCLostInAFinalizer(SleepyObjective):
+    """Ctrl-C struck while a finalizer ran in trial 1, and Python printed it and dropped it."""
+
+    def run(self, trial, x):
+        if trial.number == 1:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            except KeyboardInterrupt:
+                pass
+        return super().run(trial, x)
+
+
+def test_a_ctrl_c_that_a_finalizer_swallowed_still_stops_the_search(sqlite_url):
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    create_study(sqlite_url)
+    study = optuna.load_study(study_name=STUDY, storage=open_storage(sqlite_url))
+    lock = TrialStartLock(sqlite_url, STUDY)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_trials(study, StudyConfig(sampler="random"), 3, CtrlCLostInAFinalizer(10**9, 0.0), lock, SearchProgress())
+    lock.close()
+    trials = trials_of(sqlite_url)
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert trials[1].user_attrs[attrs.FAIL_REASON] == "interrupted"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 STRESS_WORKER = """

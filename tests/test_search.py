@@ -115,7 +115,7 @@ def test_interrupted_study_resumes_to_exactly_the_budget(tmp_path, cache_dir, ho
     finally:
         proc.kill()
     study, _ = _study(tmp_path, "resume")
-    assert _complete(study) == 2
+    assert _complete(study) == 2, proc.stderr.read()[-2000:]
     if how == signal.SIGINT:
         assert proc.returncode == 130
         assert study.get_trials()[2].state == TrialState.FAIL

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import threading
 import time
@@ -109,72 +110,75 @@ def run_trials(
     failures: list[str] = []
     rejections = repeats = stopped = 0
     progress.start(count_complete(study), budget)
-    try:
-        while True:
-            dead = find_dead_trials(study)
-            started = None
-            # A worker with nothing to fail and no room to start a trial waits without the lock:
-            # many idle workers taking it every few seconds would delay the one that has room.
-            if dead or not _budget_taken(study.get_trials(deepcopy=False), budget):
-                with start_lock():
-                    retried = retry_dead_trials(study, dead)
-                    started = _start_trial(study, budget, objective)
-                for r in retried:
-                    again = "given up" if r.retry is None else f"its candidate runs again as trial {r.retry}"
-                    progress.message(f"trial {r.number} failed: {r.reason}; {again}")
-            if started is None:
-                if count_complete(study) >= budget:
-                    break
-                time.sleep(WAIT_SECONDS)
-                continue
-            trial, candidate, original = started
-            if original is not None:
-                _tell_repeat(study, trial, objective, original)
-            else:
-                _run(study, trial, objective, candidate)
-            finished = study._storage.get_trial(trial._trial_id)
-            progress.trial_finished(finished, count_complete(study))
-            if attrs.REPEAT_OF in finished.user_attrs:
-                repeats += 1
-                if repeats >= MAX_REPEATS_IN_A_ROW:
-                    raise SearchError(
-                        f"{repeats} candidates in a row were already in the study: the space looks exhausted; "
-                        "pick a larger --space or a smaller --budget"
+    with _remembered_ctrl_c() as ctrl_c:
+        try:
+            while True:
+                if ctrl_c.is_set():
+                    raise KeyboardInterrupt
+                dead = find_dead_trials(study)
+                started = None
+                # A worker with nothing to fail and no room to start a trial waits without the lock:
+                # many idle workers taking it every few seconds would delay the one that has room.
+                if dead or not _budget_taken(study.get_trials(deepcopy=False), budget):
+                    with start_lock():
+                        retried = retry_dead_trials(study, dead)
+                        started = _start_trial(study, budget, objective)
+                    for r in retried:
+                        again = "given up" if r.retry is None else f"its candidate runs again as trial {r.retry}"
+                        progress.message(f"trial {r.number} failed: {r.reason}; {again}")
+                if started is None:
+                    if count_complete(study) >= budget:
+                        break
+                    time.sleep(WAIT_SECONDS)
+                    continue
+                trial, candidate, original = started
+                if original is not None:
+                    _tell_repeat(study, trial, objective, original)
+                else:
+                    _run(study, trial, objective, candidate, ctrl_c)
+                finished = study._storage.get_trial(trial._trial_id)
+                progress.trial_finished(finished, count_complete(study))
+                if attrs.REPEAT_OF in finished.user_attrs:
+                    repeats += 1
+                    if repeats >= MAX_REPEATS_IN_A_ROW:
+                        raise SearchError(
+                            f"{repeats} candidates in a row were already in the study: the space looks exhausted; "
+                            "pick a larger --space or a smaller --budget"
+                        )
+                    continue
+                repeats = 0
+                if finished.state == TrialState.FAIL:
+                    failures.append(
+                        f"trial {finished.number}, {finished.user_attrs.get(attrs.FAILED_STAGE)}: "
+                        f"{finished.user_attrs.get(attrs.FAIL_REASON)}"
                     )
-                continue
-            repeats = 0
-            if finished.state == TrialState.FAIL:
-                failures.append(
-                    f"trial {finished.number}, {finished.user_attrs.get(attrs.FAILED_STAGE)}: "
-                    f"{finished.user_attrs.get(attrs.FAIL_REASON)}"
-                )
-                if len(failures) >= MAX_FAILURES_IN_A_ROW:
-                    raise SearchError(
-                        f"{len(failures)} trials in a row failed, so something is wrong beyond one candidate; "
-                        f"last: {failures[-1]}"
-                    )
-            elif attrs.EARLY_STOPPED in finished.user_attrs:
-                stopped += 1
-                if stopped >= MAX_STOPPED_IN_A_ROW:
-                    raise SearchError(
-                        f"{stopped} candidates in a row were stopped early, each dominated by the front: the front "
-                        "looks settled; stop here, or rerun with --no-early-stop to train every candidate"
-                    )
-            elif finished.state == TrialState.PRUNED:
-                rejections += 1
-                if rejections >= MAX_REJECTIONS_IN_A_ROW:
-                    raise SearchError(
-                        f"{rejections} candidates in a row broke the constraints before training; "
-                        "loosen --max-latency-ms / --max-size-kb or pick a smaller --space"
-                    )
-            else:
-                failures.clear()
-                rejections = stopped = 0
-    except BaseException as e:  # Ctrl-C, or a bug: this worker's trial failed, the worker stops
-        _fail_own_running_trials(study, "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}")
-        raise
-    finally:
-        progress.close()
+                    if len(failures) >= MAX_FAILURES_IN_A_ROW:
+                        raise SearchError(
+                            f"{len(failures)} trials in a row failed, so something is wrong beyond one candidate; "
+                            f"last: {failures[-1]}"
+                        )
+                elif attrs.EARLY_STOPPED in finished.user_attrs:
+                    stopped += 1
+                    if stopped >= MAX_STOPPED_IN_A_ROW:
+                        raise SearchError(
+                            f"{stopped} candidates in a row were stopped early, each dominated by the front: the front "
+                            "looks settled; stop here, or rerun with --no-early-stop to train every candidate"
+                        )
+                elif finished.state == TrialState.PRUNED:
+                    rejections += 1
+                    if rejections >= MAX_REJECTIONS_IN_A_ROW:
+                        raise SearchError(
+                            f"{rejections} candidates in a row broke the constraints before training; "
+                            "loosen --max-latency-ms / --max-size-kb or pick a smaller --space"
+                        )
+                else:
+                    failures.clear()
+                    rejections = stopped = 0
+        except BaseException as e:  # Ctrl-C, or a bug: this worker's trial failed, the worker stops
+            _fail_own_running_trials(study, "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}")
+            raise
+        finally:
+            progress.close()
 
 
 def _fail_own_running_trials(study: optuna.Study, reason: str) -> None:
@@ -225,7 +229,8 @@ def _tell_repeat(study: optuna.Study, trial: optuna.Trial, objective: Objective,
         study.tell(trial, values)
 
 
-def _run(study: optuna.Study, trial: optuna.Trial, objective: Objective, candidate: object) -> None:
+def _run(study: optuna.Study, trial: optuna.Trial, objective: Objective, candidate: object,
+         ctrl_c: threading.Event) -> None:
     """The trial, told as Optuna's ``optimize`` would, with its heartbeat."""
     with _heartbeat(study, trial):
         try:
@@ -235,7 +240,34 @@ def _run(study: optuna.Study, trial: optuna.Trial, objective: Objective, candida
         except StageFailed:
             study.tell(trial, state=TrialState.FAIL)
         else:
+            if ctrl_c.is_set():  # pressed during the trial, and its KeyboardInterrupt lost
+                raise KeyboardInterrupt
             study.tell(trial, values)
+
+
+@contextlib.contextmanager
+def _remembered_ctrl_c():
+    """Ctrl-C that cannot be lost. Python raises KeyboardInterrupt wherever the main thread
+    is; inside a finalizer (``__del__``, a weakref callback: an ONNX Runtime session or a
+    tensor collected mid-trial) it is printed as "Exception ignored" and dropped, and the
+    search went on (CI saw a Ctrl-C in trial 3 of 5 and all five complete). The handler
+    also sets the event, which the loop checks before telling a trial complete."""
+    pressed = threading.Event()
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler  # ignored, or someone else's
+    ):
+        yield pressed
+        return
+
+    def remember(signum, frame):
+        pressed.set()
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGINT, remember)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @contextlib.contextmanager
