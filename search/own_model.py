@@ -89,6 +89,8 @@ def build_network(name: str, num_classes: int) -> nn.Module:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as e:
         raise ModelError(f"--model {name}: cannot import it ({type(e).__name__}: {e})") from None
+    if not callable(factory):
+        raise ModelError(f"--model {name}: {attr} is a {type(factory).__name__}, which is not callable")
     takes_classes = "num_classes" in inspect.signature(factory).parameters
     try:
         network = factory(num_classes=num_classes) if takes_classes else factory()

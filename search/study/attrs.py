@@ -4,7 +4,8 @@
 ARCH = "arch"  # spec string of the deployed network (after pruning): rebuilds it
 ARCH_SAMPLED = "arch_sampled"  # spec string as sampled, before pruning
 COMPRESSION = "compression"
-PRUNE_RATIO = "prune_ratio"
+PRUNE_RATIO = "prune_ratio"  # per-stage pruning (one's own network): the mean of STAGE_RATIOS
+STAGE_RATIOS = "stage_ratios"  # one's own network pruned per stage: each stage's share, first stage first
 CHANNEL_ROUND = "channel_round"
 QUANT = "quant"
 CALIB_METHOD = "calib_method"

@@ -16,6 +16,12 @@ from pathlib import Path
 
 STUDIES_DIR = Path("studies")
 SAMPLERS = ("tpe", "nsga2", "random")
+# Settings that name something on the worker's own machine: a worker joining a study may
+# give another path; what must be the same (the weights' content) is checked by its hash.
+MACHINE_LOCAL = {"weights"}
+# The fine-tune's peak learning rate for one's own, trained network unless given: the
+# search's 0.01 suits networks trained from scratch, and would first undo trained weights.
+OWN_MODEL_LR = 0.001
 
 
 class ConfigError(ValueError):
@@ -63,7 +69,7 @@ class StudyConfig:
     finetune_epochs: float = _setting(4.0, "distillation fine-tune after pruning, spread over the prune steps")
     prune_steps: int = _setting(1, "iterative pruning steps, fine-tuning between them")
     batch_size: int = _setting(128, "training batch size")
-    lr: float = _setting(0.01, "peak learning rate of the one-cycle schedule", metavar="LR")
+    lr: float = _setting(0.01, "peak learning rate of the one-cycle schedule (0.001 with --model)", metavar="LR")
     alpha: float = _setting(0.3, "distillation weight: (1-A)*CE + A*T^2*KL", metavar="A")  # the seed recipe's
     temperature: float = _setting(4.0, "distillation temperature", metavar="T")
     teacher_epochs: int = _setting(0, "teacher training epochs (0: by data set size)")
@@ -135,6 +141,8 @@ class StudyConfig:
             return
         if not self.weights:
             raise ConfigError(f"--model {self.model} needs --weights: the trained network is what the study compresses")
+        if self.input_size and self.resolution and self.input_size != self.resolution:
+            raise ConfigError(f"--input-size {self.input_size} and --resolution {self.resolution} differ: give one")
         if bool(self.mean) != bool(self.std):
             raise ConfigError("--mean and --std go together: give both, or neither to take the data set's")
         for key in ("mean", "std"):
@@ -171,10 +179,13 @@ def config_keys() -> set[str]:
     return {f.name for f in fields(StudyConfig) if not f.metadata.get("recorded")}
 
 
-def default_study_name(dataset: str, target: str) -> str:
+def default_study_name(dataset: str, target: str, model: str = "") -> str:
+    """``<dataset>-<target>``; a study of one's own network adds its name (``cifar10-resnet18-host``),
+    so that it never joins an architecture search of the same data."""
     if dataset.startswith("imagefolder:"):
         dataset = "imagefolder-" + Path(dataset.split(":", 1)[1].rstrip("/")).stem
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{dataset}-{target}").strip("-")
+    network = f"-{model.rsplit(':', 1)[-1]}" if model else ""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{dataset}{network}-{target}").strip("-")
 
 
 def check_study_name(name: str) -> None:
@@ -209,7 +220,8 @@ def resolve(study: str, explicit: dict, stored: StudyConfig | None) -> StudyConf
     """
     if stored is not None:
         conflicts = {
-            k: (v, getattr(stored, k)) for k, v in explicit.items() if k in config_keys() and getattr(stored, k) != v
+            k: (v, getattr(stored, k)) for k, v in explicit.items()
+            if k in config_keys() and k not in MACHINE_LOCAL and getattr(stored, k) != v
         }
         if conflicts:
             k, (given, kept) = next(iter(conflicts.items()))
@@ -219,6 +231,8 @@ def resolve(study: str, explicit: dict, stored: StudyConfig | None) -> StudyConf
             )
         return stored
     values = {**load_toml(study), **explicit}
+    if values.get("model") and "lr" not in values:
+        values["lr"] = OWN_MODEL_LR
     try:
         return replace(StudyConfig(), **values)
     except TypeError as e:

@@ -20,13 +20,14 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import optuna
 import torch
 
 import spaces
-from spaces import Candidate, CompressionSpec, MobileNetV3Like, MobileNetV3Space, build_model
+from spaces import Candidate, CompressionSpec, MobileNetV3Space, ModelCompression, build_model
 
 from ..data import Dataset, Split
 from ..progress import SearchProgress
@@ -80,12 +81,17 @@ class StudyObjective:
         return run_trial(trial, self.ctx, candidate)
 
     def repeat(self, trial: optuna.Trial, original: optuna.trial.FrozenTrial) -> tuple[float, float, float] | None:
-        trial.set_user_attr(attrs.REPEAT_OF, original.number)
-        if original.values is None:  # still running elsewhere: nothing to reuse yet
-            return None
-        accuracy, latency_ms, size_kb = original.values
-        _record_constraints(trial, self.ctx.config, latency_ms, size_kb)
-        return accuracy, latency_ms, size_kb
+        return repeat_trial(trial, self.ctx.config, original)
+
+
+def repeat_trial(trial: optuna.Trial, cfg: StudyConfig, original: optuna.trial.FrozenTrial) -> tuple[float, float, float] | None:
+    """Record ``trial`` as a repeat of ``original``: the original's values, once it has them."""
+    trial.set_user_attr(attrs.REPEAT_OF, original.number)
+    if original.values is None:  # still running elsewhere: nothing to reuse yet
+        return None
+    accuracy, latency_ms, size_kb = original.values
+    _record_constraints(trial, cfg, latency_ms, size_kb)
+    return accuracy, latency_ms, size_kb
 
 
 def sample_trial(trial: optuna.Trial, ctx: TrialContext) -> Candidate:
@@ -97,8 +103,19 @@ def sample_trial(trial: optuna.Trial, ctx: TrialContext) -> Candidate:
         arch = spaces.parse_arch(trial.user_attrs[attrs.ARCH_SAMPLED])
     comp = spaces.sample_compression(trial, target.quant_modes, target.channel_rounds, target.prune_ratios)
     trial.set_user_attr(attrs.ARCH_SAMPLED, str(arch))
+    record_compression(trial, comp, target)
+    trial.set_user_attr(attrs.TEACHER_SHA256, ctx.teacher_sha256)
+    return Candidate(arch, comp)
+
+
+def record_compression(trial: optuna.Trial, comp, target: Target) -> None:
+    """The trial's compression as sampled (a CompressionSpec, or a ModelCompression for one's
+    own network): ``compression`` is its string, the loop finds repeats by it."""
     trial.set_user_attr(attrs.COMPRESSION, str(comp))
-    trial.set_user_attr(attrs.PRUNE_RATIO, comp.prune_ratio)
+    stage_ratios = getattr(comp, "stage_ratios", ())
+    if stage_ratios:  # the report's one number of a per-stage pruning: the mean share
+        trial.set_user_attr(attrs.STAGE_RATIOS, list(stage_ratios))
+    trial.set_user_attr(attrs.PRUNE_RATIO, round(sum(stage_ratios) / len(stage_ratios), 4) if stage_ratios else comp.prune_ratio)
     trial.set_user_attr(attrs.CHANNEL_ROUND, comp.channel_round)
     trial.set_user_attr(attrs.QUANT, comp.quant)
     trial.set_user_attr(attrs.CALIB_METHOD, comp.calib_method)
@@ -111,12 +128,10 @@ def sample_trial(trial: optuna.Trial, ctx: TrialContext) -> Candidate:
             "weight_bits": 7 if target.reduce_range else 8,
         })
     trial.set_user_attr(attrs.TARGET, target.name)
-    trial.set_user_attr(attrs.TEACHER_SHA256, ctx.teacher_sha256)
-    return Candidate(arch, comp)
 
 
 def run_trial(trial: optuna.Trial, ctx: TrialContext, candidate: Candidate) -> tuple[float, float, float]:
-    """Cost, train, prune, export, quantize, evaluate and measure the candidate."""
+    """Cost, train and prune the candidate, then deploy it (export, quantize, evaluate, measure)."""
     cfg, data, comp = ctx.config, ctx.data, candidate.compression
     torch.manual_seed(trial_seed(cfg, trial.number))
     example = data.val.batch(slice(0, 1))
@@ -161,8 +176,29 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, candidate: Candidate) -> t
         trial.set_user_attr(attrs.MACS, cost.macs)
         trial.set_user_attr(attrs.ACCURACY_TORCH, accuracy(predict_logits(model, data.val), data.val.y))
 
+    return deploy(trial, ctx, model, comp, calibration, {**metadata, "arch": str(model.spec)})
+
+
+class DeployContext(Protocol):
+    """What :func:`deploy` needs of a study's trials (a TrialContext, or an own network's context)."""
+
+    config: StudyConfig
+    data: Dataset
+    target: Target
+    measurer: Measurer
+    store: Store
+    progress: SearchProgress
+
+
+def deploy(
+    trial: optuna.Trial, ctx: DeployContext, model: torch.nn.Module, comp, calibration: np.ndarray, metadata: dict
+) -> tuple[float, float, float]:
+    """Export the trained, pruned ``model`` (its file says ``metadata``), quantize it as
+    ``comp`` says, evaluate the deployed file and measure it on the target: the trial's
+    values (accuracy, latency, size). A file that breaks a hard limit is rejected."""
+    cfg, data = ctx.config, ctx.data
     with _stage(trial, ctx, "export"):
-        fp32 = export_fp32(model, example, metadata)
+        fp32 = export_onnx(model, data.val.batch(slice(0, 1)), metadata)
         trial.set_user_attr(attrs.PARITY_MAX_DIFF, check_parity(fp32, model, data.val.batch(slice(0, 64))))
         trial.set_user_attr(attrs.SIZE_BYTES_FP32, len(fp32))
 
@@ -212,8 +248,8 @@ def train_config(cfg: StudyConfig, epochs: float, trial_number: int) -> TrainCon
 
 
 def prune_and_finetune(
-    model: MobileNetV3Like,
-    comp: CompressionSpec,
+    model: torch.nn.Module,
+    comp: CompressionSpec | ModelCompression,
     cfg: StudyConfig,
     images: Split,
     logits: torch.Tensor,
@@ -226,7 +262,8 @@ def prune_and_finetune(
     """The candidate's own pruning, in ``cfg.prune_steps`` steps, each followed by its share
     of ``finetune_epochs`` of distillation on ``images``; ``checkpoint_of(step)``, if given,
     keeps each fine-tune's state (see ``fit``). Returns the seconds spent fine-tuning."""
-    if comp.prune_ratio <= 0:
+    stage_ratios = getattr(comp, "stage_ratios", ())  # a ModelCompression may prune each stage its own share
+    if max(stage_ratios, default=comp.prune_ratio) <= 0:
         return 0.0
     per_step = finetune_epochs / cfg.prune_steps
     seconds = 0.0
@@ -240,7 +277,7 @@ def prune_and_finetune(
             seconds += time.perf_counter() - start
 
     bn_data = images.batch(slice(0, BN_SAMPLES)).cpu()
-    prune(model, comp.prune_ratio, comp.channel_round, example, cfg.prune_steps, bn_data, finetune)
+    prune(model, comp.prune_ratio, comp.channel_round, example, cfg.prune_steps, bn_data, finetune, stage_ratios)
     return seconds
 
 
