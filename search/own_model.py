@@ -23,6 +23,8 @@ import importlib
 import inspect
 import os
 import tempfile
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,17 +109,27 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelError(f"--weights {path}: no such file")
     try:
-        state = torch.jit.load(str(path), map_location="cpu").state_dict()
-    except Exception:  # not TorchScript: a state dict, read without running any pickled code
-        try:
+        if _is_torchscript(path):
+            with warnings.catch_warnings():  # torch's notice that TorchScript is deprecated: not the user's to act on
+                warnings.simplefilter("ignore", FutureWarning)
+                state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        else:  # read without running any pickled code
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ModelError(f"--weights {path}: neither a state dict nor a TorchScript file ({_first_line(e)})") from None
+    except Exception as e:
+        raise ModelError(f"--weights {path}: neither a state dict nor a TorchScript file ({_first_line(e)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # a training checkpoint
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"--weights {path}: holds a {type(state).__name__}, not a state dict of tensors")
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive holds its code and constants beside the tensors; torch.save's has data.pkl alone."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
 
 
 def first_mismatch(network: nn.Module, state: dict[str, torch.Tensor]) -> str | None:

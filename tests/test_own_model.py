@@ -13,12 +13,15 @@ import torch
 from torch import nn
 
 import nas
+from conftest import run_nas
 from search.board.timing import TimingPlan
-from search.own_model import ModelError, build_network, first_mismatch, load_own_model
+from search.own_model import ModelError, build_network, file_sha256, first_mismatch, load_own_model
 from search.stages.export import export_onnx
 from search.stages.measure import LocalMeasurer
 from search.stages.prune import layer_stages, output_layer, prune
 from search.stages.quantize import quantize
+from search.study import attrs
+from search.study.config import StudyConfig
 from search.targets import get_target
 from spaces import ModelCompression, model_compression_params, parse_model_compression, sample_model_compression
 
@@ -182,3 +185,45 @@ def test_a_wrong_model_name_is_refused_before_anything_loads():
         build_network("tests.no_such_module:f", 10)
     with pytest.raises(ModelError, match="is not callable"):
         build_network("tests.byo_models:__doc__", 10)
+
+
+def test_a_study_of_one_s_own_network_end_to_end_and_a_worker_with_other_weights_is_refused(tmp_path):
+    """nas.py --model on digits: the original (fp32 and int8) as baselines, a compressed
+    candidate, the report and a model card naming the network; then a worker with other
+    weights is refused, and the study is left as it was."""
+    torch.manual_seed(0)
+    _save(build_network(TINY, 10), tmp_path / "w.pt")
+    args = ["--model", TINY, "--weights", "w.pt", "--study", "byo", "--budget", "3", "--finetune-epochs", "0.5",
+            "--calib-samples", "32", "--seed", "1"]
+    result = run_nas(args, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "baselines: the original network, 2 enqueued first (original-fp32, original-int8-static)" in result.stderr
+
+    study = optuna.load_study(study_name="byo", storage=f"sqlite:///{tmp_path}/studies/byo/study.db")
+    config = StudyConfig.from_json(study.user_attrs[attrs.STUDY_CONFIG])
+    assert (config.model, config.weights_sha256) == (TINY, file_sha256(tmp_path / "w.pt"))
+    assert config.lr == 0.001  # a fine-tune of trained weights, unless given
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 3
+    by_baseline = {t.user_attrs.get(attrs.BASELINE): t for t in complete}
+    assert {"original-fp32", "original-int8-static"} <= set(by_baseline)
+    assert by_baseline["original-fp32"].user_attrs[attrs.ARCH] == f"{TINY} unpruned"
+    for t in complete:
+        assert t.user_attrs[attrs.ARCH].startswith(TINY)
+        assert t.user_attrs[attrs.TEACHER_SHA256] == config.weights_sha256  # the teacher is the original
+    assert TINY in (tmp_path / "studies" / "byo" / "report" / "index.html").read_text()
+
+    exported = run_nas(["export", "--study", "byo", "--trial", str(complete[-1].number), "--out", "card"], tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    assert f"`{TINY}" in (tmp_path / "card" / "README.md").read_text()
+
+    _save(build_network(TINY, 10), tmp_path / "other.pt")  # same shapes, other values
+    files = sorted(p.name for p in (tmp_path / "studies" / "byo").iterdir())
+    refused = run_nas([*args[:2], "--weights", "other.pt", *args[4:]], tmp_path)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        f"nas.py: error: --weights other.pt (sha256 {file_sha256(tmp_path / 'other.pt')[:12]}) are not the weights "
+        f"study byo was created with (sha256 {config.weights_sha256[:12]}): give the study's file, or start a new --study"
+    ]
+    assert sorted(p.name for p in (tmp_path / "studies" / "byo").iterdir()) == files
+    assert len(optuna.load_study(study_name="byo", storage=f"sqlite:///{tmp_path}/studies/byo/study.db").trials) == len(study.trials)

@@ -70,7 +70,7 @@ def original_baselines(target: Target, calib_samples: int) -> tuple[dict[str, Mo
     those the target cannot run, each with why."""
     chosen, skipped = {}, {}
     for quant in QUANT_MODES:
-        name = f"original-{quant}"
+        name = f"{attrs.ORIGINAL_BASELINE}{quant}"
         why = _why_not(target, quant)
         if why:
             skipped[name] = why
