@@ -39,7 +39,6 @@ from search.board.timing import make_session
 from search.stages.evaluate import onnx_accuracy
 from search.stages.export import INPUT_NAME, export_onnx
 from search.stages.quantize import quantize
-from search.study import attrs
 from search.study.baselines import CALIB_METHOD
 from search.targets import get_target
 

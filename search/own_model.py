@@ -3,7 +3,7 @@
 ``--model`` names the architecture: ``torchvision:NAME`` is torchvision's classification
 builder with ``weights=None`` (nothing is downloaded) and the data set's class count;
 ``module.path:callable`` is the user's factory, called with ``num_classes=`` where it
-takes it. ``--weights`` is a state dict (float16 tensors allowed: they become float32)
+takes it. ``--weights`` is a state dict (float16 tensors allowed: they are copied into float32 ones)
 or a TorchScript file (its tensors are taken, by name, into the named architecture,
 which Torch-Pruning can then rewrite; a scripted module it cannot).
 
@@ -104,7 +104,7 @@ def build_network(name: str, num_classes: int) -> nn.Module:
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a state dict or TorchScript file, floats as float32."""
+    """The tensors of a state dict or TorchScript file, by name."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"--weights {path}: no such file")
@@ -121,7 +121,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"--weights {path}: holds a {type(state).__name__}, not a state dict of tensors")
-    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    return state  # float16 tensors are fine: load_state_dict copies them into the float32 network
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -22,6 +22,7 @@ from search.stages.prune import layer_stages, output_layer, prune
 from search.stages.quantize import quantize
 from search.study import attrs
 from search.study.config import StudyConfig
+from search.study.objective import prune_and_finetune
 from search.targets import get_target
 from spaces import ModelCompression, model_compression_params, parse_model_compression, sample_model_compression
 
@@ -48,6 +49,7 @@ def test_a_torchvision_network_prunes_exports_quantizes_and_is_timed(name, tmp_p
     weights = _save(build_network(f"torchvision:{name}", 10), tmp_path / "w.pt", half=True)
     own = load_own_model(f"torchvision:{name}", weights, 10, x)
     assert own.n_stages >= 3
+    assert all(p.dtype == torch.float32 for p in own.network.parameters())
 
     model = prune(copy.deepcopy(own.network), 0.5, 8, x)
     assert sum(p.numel() for p in model.parameters()) < 0.4 * own.params
@@ -217,6 +219,9 @@ def test_a_study_of_one_s_own_network_end_to_end_and_a_worker_with_other_weights
     assert exported.returncode == 0, exported.stderr
     assert f"`{TINY}" in (tmp_path / "card" / "README.md").read_text()
 
+    final = run_nas(["finalize", "--study", "byo", "--front"], tmp_path)
+    assert final.returncode == 2 and "finalize trains searched architectures" in final.stderr
+
     _save(build_network(TINY, 10), tmp_path / "other.pt")  # same shapes, other values
     files = sorted(p.name for p in (tmp_path / "studies" / "byo").iterdir())
     refused = run_nas([*args[:2], "--weights", "other.pt", *args[4:]], tmp_path)
@@ -227,3 +232,11 @@ def test_a_study_of_one_s_own_network_end_to_end_and_a_worker_with_other_weights
     ]
     assert sorted(p.name for p in (tmp_path / "studies" / "byo").iterdir()) == files
     assert len(optuna.load_study(study_name="byo", storage=f"sqlite:///{tmp_path}/studies/byo/study.db").trials) == len(study.trials)
+
+
+def test_a_trial_prunes_each_stage_its_own_share(digits):
+    """What a per-stage candidate reaches: prune_and_finetune passes the stage ratios on."""
+    model = build_network(TINY, 10).eval()
+    config = StudyConfig(model=TINY, weights="w.pt", finetune_epochs=0)
+    prune_and_finetune(model, ModelCompression(0.0, (0.0, 0.5), 1, "fp32"), config, digits.train, None, 0, 0, DIGIT)
+    assert (model.stem[0].out_channels, model.down[0].out_channels) == (16, 16)
