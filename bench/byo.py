@@ -98,9 +98,7 @@ def mobilenet_v2(size: int, rounds: int, runs: int, calib: int) -> None:
 
 def resnet18_cifar(trials: int, train_subset: int, finetune_epochs: float) -> None:
     from search.cli import TerminalProgress
-    from search.data import load_dataset, normalised_as
-    from search.runner import SearchRequest, run_search
-    from search.study.config import parse_floats
+    from search.runner import SearchRequest, load_study_data, run_search
     from search.study.storage import existing_study, open_study, study_config
 
     os.chdir(ROOT)  # the study's settings are studies/cifar10-resnet18.toml, its paths relative to the project
@@ -109,8 +107,7 @@ def resnet18_cifar(trials: int, train_subset: int, finetune_epochs: float) -> No
     plan = existing_study(STUDY, None)
     study, store = open_study(plan, plan.config.resolution)
     config = study_config(study)
-    data = load_dataset(config.dataset, None, "studies/.cache", config.resolution)
-    data = normalised_as(data, parse_floats(config.mean, "--mean"), parse_floats(config.std, "--std"))
+    data = load_study_data(config, None, "studies/.cache", False)
     original = next((p for p in report.points if p.baseline == "original-fp32"), None)
     if original is None:
         sys.exit("the study has no complete original-fp32 baseline to compare with")

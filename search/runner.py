@@ -37,7 +37,7 @@ from .stages.teacher import Teacher
 from .stages.train import predict_logits, train_device
 from .study import attrs
 from .study.baselines import enqueue_baselines, enqueue_originals, original_baselines, study_baselines
-from .study.config import ConfigError, parse_floats, study_dir
+from .study.config import ConfigError, StudyConfig, parse_floats, study_dir
 from .study.loop import count_complete, run_trials
 from .study.objective import StudyObjective, TrialContext
 from .study.own_objective import OwnModelContext, OwnModelObjective
@@ -155,12 +155,7 @@ def run_own_model_search(request: SearchRequest, p: Prepared, progress: SearchPr
     before the study is opened: a refused worker writes nothing."""
     config = p.plan.config
     weights = request.explicit.get("weights") or config.weights
-    data = load_dataset(
-        config.dataset, request.data_dir, request.cache_dir, config.input_size or config.resolution,
-        request.skip_bad_images,
-    )
-    if config.mean:
-        data = normalised_as(data, parse_floats(config.mean, "--mean"), parse_floats(config.std, "--std"))
+    data = load_study_data(config, request.data_dir, request.cache_dir, request.skip_bad_images)
     check_same_data(p.plan.name, p.plan.data, data)
     if p.plan.exists:
         check_same_weights(p.plan.name, config.weights_sha256, weights)
@@ -199,6 +194,15 @@ def run_own_model_search(request: SearchRequest, p: Prepared, progress: SearchPr
         study, data, store, study_dir(plan.name), p.target.name, config.max_latency_ms, config.max_size_kb,
         measurer, progress,
     )
+
+
+def load_study_data(config: StudyConfig, data_dir: str | None, cache_dir: str, skip_bad_images: bool) -> Dataset:
+    """The study's data as its network sees it: at its resolution (or --input-size), and
+    normalised with --mean and --std where the study of one's own network gave them."""
+    data = load_dataset(config.dataset, data_dir, cache_dir, config.input_size or config.resolution, skip_bad_images)
+    if config.mean:
+        data = normalised_as(data, parse_floats(config.mean, "--mean"), parse_floats(config.std, "--std"))
+    return data
 
 
 def check_same_weights(study: str, recorded_sha256: str, weights: str) -> None:
@@ -477,8 +481,7 @@ def study_data_here(study: optuna.Study, request: ReportRequest) -> tuple[Datase
     another copy than the one the study recorded (its test split would score other images)."""
     config = study_config(study)
     try:
-        data = load_dataset(config.dataset, request.data_dir, request.cache_dir, config.resolution,
-                            request.skip_bad_images)
+        data = load_study_data(config, request.data_dir, request.cache_dir, request.skip_bad_images)
     except DatasetError as e:
         return None, f"the data set is not at hand here ({e})"
     recorded = study.user_attrs.get(attrs.STUDY_DATA)

@@ -5,6 +5,7 @@ a file or a network the study cannot use is refused before anything is written."
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import optuna
@@ -15,6 +16,8 @@ from torch import nn
 import nas
 from conftest import run_nas
 from search.board.timing import TimingPlan
+from search.data import DatasetError
+from search.runner import load_study_data
 from search.own_model import ModelError, build_network, file_sha256, first_mismatch, load_own_model
 from search.stages.export import export_onnx
 from search.stages.measure import LocalMeasurer
@@ -196,7 +199,7 @@ def test_a_study_of_one_s_own_network_end_to_end_and_a_worker_with_other_weights
     torch.manual_seed(0)
     _save(build_network(TINY, 10), tmp_path / "w.pt")
     args = ["--model", TINY, "--weights", "w.pt", "--study", "byo", "--budget", "3", "--finetune-epochs", "0.5",
-            "--calib-samples", "32", "--seed", "1"]
+            "--calib-samples", "32", "--seed", "1", "--mean", "0.3", "--std", "0.2"]
     result = run_nas(args, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "baselines: the original network, 2 enqueued first (original-fp32, original-int8-static)" in result.stderr
@@ -218,6 +221,8 @@ def test_a_study_of_one_s_own_network_end_to_end_and_a_worker_with_other_weights
     exported = run_nas(["export", "--study", "byo", "--trial", str(complete[-1].number), "--out", "card"], tmp_path)
     assert exported.returncode == 0, exported.stderr
     assert f"`{TINY}" in (tmp_path / "card" / "README.md").read_text()
+    card = json.loads((tmp_path / "card" / "card.json").read_text())
+    assert (card["input"]["mean"], card["input"]["std"]) == ([0.3], [0.2])  # what the network expects, not the data's
 
     final = run_nas(["finalize", "--study", "byo", "--front"], tmp_path)
     assert final.returncode == 2 and "finalize trains searched architectures" in final.stderr
@@ -232,6 +237,15 @@ def test_a_study_of_one_s_own_network_end_to_end_and_a_worker_with_other_weights
     ]
     assert sorted(p.name for p in (tmp_path / "studies" / "byo").iterdir()) == files
     assert len(optuna.load_study(study_name="byo", storage=f"sqlite:///{tmp_path}/studies/byo/study.db").trials) == len(study.trials)
+
+
+def test_the_study_s_data_is_normalised_as_its_network_expects():
+    config = StudyConfig(model=TINY, weights="w.pt", mean="0.3", std="0.2")
+    data = load_study_data(config, None, "unused", False)
+    assert data.val.mean == data.test.mean == (0.3,) and data.train.std == (0.2,)
+    torch.testing.assert_close(data.val.batch(slice(0, 1)), (data.val.pixels[:1].float() / 255 - 0.3) / 0.2)
+    with pytest.raises(DatasetError, match="--mean and --std need 1 values"):
+        load_study_data(StudyConfig(model=TINY, weights="w.pt", mean="0.3,0.3,0.3", std="1,1,1"), None, "unused", False)
 
 
 def test_a_trial_prunes_each_stage_its_own_share(digits):
