@@ -140,14 +140,14 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, candidate: Candidate) -> t
     # Baselines are reference points for the report: they run to the end, whatever the rule says.
     may_stop = cfg.early_stop and attrs.BASELINE not in trial.user_attrs
 
-    with _stage(trial, ctx, "cost"):
+    with trial_stage(trial, ctx, "cost"):
         model = build_model(candidate.arch)
         trial.set_user_attr(attrs.PARAMS_BEFORE_PRUNE, count_cost(model, data.in_chs, data.resolution).params)
         probe = Probe(trial, ctx, candidate, example, calibration, metadata)
         if cfg.max_latency_ms is not None or cfg.max_size_kb is not None:
             probe.cost()  # refuses the candidate before training if it breaks a limit
 
-    with _stage(trial, ctx, "train"):
+    with trial_stage(trial, ctx, "train"):
         shared = _trained_twin(trial, ctx.store) if attrs.BASELINE in trial.user_attrs else None
         if shared is not None:  # the same network, quantized another way: an engineer trains it once
             number, weights, curve = shared
@@ -165,7 +165,7 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, candidate: Candidate) -> t
             if attrs.BASELINE in trial.user_attrs and comp.prune_ratio == 0:
                 trial.set_user_attr(attrs.TRAINED_WEIGHTS, ctx.store.put_model(_state_bytes(model)))
 
-    with _stage(trial, ctx, "prune"):
+    with trial_stage(trial, ctx, "prune"):
         finetune_seconds = prune_and_finetune(
             model, comp, cfg, ctx.train, ctx.train_logits, cfg.finetune_epochs, trial.number, example, ctx.progress.steps
         )
@@ -197,15 +197,15 @@ def deploy(
     ``comp`` says, evaluate the deployed file and measure it on the target: the trial's
     values (accuracy, latency, size). A file that breaks a hard limit is rejected."""
     cfg, data = ctx.config, ctx.data
-    with _stage(trial, ctx, "export"):
+    with trial_stage(trial, ctx, "export"):
         fp32 = export_onnx(model, data.val.batch(slice(0, 1)), metadata)
         trial.set_user_attr(attrs.PARITY_MAX_DIFF, check_parity(fp32, model, data.val.batch(slice(0, 64))))
         trial.set_user_attr(attrs.SIZE_BYTES_FP32, len(fp32))
 
-    with _stage(trial, ctx, "quantize"):
+    with trial_stage(trial, ctx, "quantize"):
         deployed = quantize_for(fp32, comp, calibration, ctx.target)
 
-    with _stage(trial, ctx, "evaluate"):
+    with trial_stage(trial, ctx, "evaluate"):
         acc = onnx_accuracy(deployed, data.val)
         acc_fp32 = acc if comp.quant == "fp32" else onnx_accuracy(fp32, data.val)
         trial.set_user_attr(attrs.ACCURACY, acc)
@@ -213,7 +213,7 @@ def deploy(
         trial.set_user_attr(attrs.SIZE_BYTES, len(deployed))
         trial.set_user_attr(attrs.ONNX_SHA256, ctx.store.put_model(deployed))
 
-    with _stage(trial, ctx, "measure"):
+    with trial_stage(trial, ctx, "measure"):
         m = ctx.measurer.measure(deployed)
         trial.set_user_attr(attrs.LATENCY_P50, m.stats.p50_ms)
         trial.set_user_attr(attrs.LATENCY_P90, m.stats.p90_ms)
@@ -463,7 +463,9 @@ def _reject(trial, cfg: StudyConfig, when: str, reasons: list[str], latency_ms: 
 
 
 @contextmanager
-def _stage(trial: optuna.Trial, ctx: TrialContext, name: str):
+def trial_stage(trial: optuna.Trial, ctx: DeployContext, name: str):
+    """One stage of a trial: announced, timed (``seconds_<name>``), and a failure in it
+    recorded (``failed_stage``, ``fail_reason``) and raised as StageFailed."""
     ctx.progress.stage(trial.number, name)
     start = time.perf_counter()
     try:

@@ -27,8 +27,8 @@ from ..targets import Target
 from . import attrs
 from .config import StudyConfig
 from .objective import (
-    _stage, calibration_samples, deploy, file_metadata, prune_and_finetune, record_compression, repeat_trial,
-    trial_seed,
+    calibration_samples, deploy, file_metadata, prune_and_finetune, record_compression, repeat_trial, trial_seed,
+    trial_stage,
 )
 from .storage import Store
 
@@ -79,7 +79,7 @@ def run_own_trial(trial: optuna.Trial, ctx: OwnModelContext, comp: ModelCompress
     example = data.val.batch(slice(0, 1))
     calibration = calibration_samples(ctx.train, comp.calib_samples or 1, cfg.seed)  # int8-static's alone
 
-    with _stage(trial, ctx, "prune"):
+    with trial_stage(trial, ctx, "prune"):
         model = copy.deepcopy(ctx.own.network)
         trial.set_user_attr(attrs.PARAMS_BEFORE_PRUNE, ctx.own.params)
         finetune_seconds = prune_and_finetune(
