@@ -87,6 +87,7 @@ def test_per_stage_ratios_prune_each_stage_its_own_share():
     assert model.fc.in_features == 16
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # users still ship such files
 def test_a_user_factory_builds_with_the_data_s_class_count_and_loads_torchscript(tmp_path):
     torch.manual_seed(0)
     original = build_network(TINY, 7).eval()
