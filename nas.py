@@ -74,12 +74,14 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     Options not given stay None, so that a joined study's stored settings apply."""
     for f in fields(StudyConfig):
         meta = f.metadata
+        if meta.get("recorded"):  # derived when the study is created, not set
+            continue
         if isinstance(f.default, bool):  # --baselines / --no-baselines
             on_off = "on" if f.default else "off"
             p.add_argument(option_name(f.name), action=argparse.BooleanOptionalAction, help=f"{meta['help']} (default: {on_off})")
             continue
         kind = float if f.default is None else type(f.default)
-        shown = "none" if f.default is None else f"{f.default:g}" if kind is float else f.default
+        shown = "none" if f.default in (None, "") else f"{f.default:g}" if kind is float else f.default
         p.add_argument(
             option_name(f.name),
             type=kind,

@@ -249,6 +249,18 @@ def load_dataset(
     return replace(data, resolution_note=note, skipped=tuple(skipped))
 
 
+def normalised_as(data: Dataset, mean: tuple[float, ...], std: tuple[float, ...]) -> Dataset:
+    """``data`` normalised with ``mean`` and ``std`` (0..1 units, one per channel) instead of
+    its own statistics: those a network trained elsewhere expects."""
+    if len(mean) != data.in_chs or len(std) != data.in_chs:
+        raise DatasetError(
+            f"--mean and --std need {data.in_chs} values (one per channel of {data.name}), got {len(mean)} and {len(std)}"
+        )
+    mean, std = tuple(mean), tuple(std)
+    splits = {k: replace(getattr(data, k), mean=mean, std=std) for k in ("train", "val", "test")}
+    return replace(data, mean=mean, std=std, **splits)
+
+
 def default_resolution(path: str) -> tuple[int, str]:
     """The median shorter side of (up to 256 of) the training images, at most 96 px,
     and a line that says so."""

@@ -99,6 +99,12 @@ def run_finalize(request: FinalizeRequest, progress: SearchProgress = SearchProg
     if request.epochs is not None and request.epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {request.epochs}")
     plan = existing_study(request.study, request.storage)
+    if plan.config.model:  # its trials start from a trained network: there is no proxy training to redo
+        raise ConfigError(
+            f"study {request.study} compresses your own network ({plan.config.model}): finalize trains searched "
+            "architectures at full budget; export a front member with 'nas.py export', or fine-tune longer with a "
+            "new study and a larger --finetune-epochs"
+        )
     p = check_plan(plan, request.data_dir, request.device, request.token, request.train_device)
     study, store = open_study(plan, plan.config.resolution)
     config = study_config(study)

@@ -16,7 +16,10 @@ import torch
 from spaces import get_space
 
 from .board.client import AgentError
-from .data import Dataset, DatasetError, balanced_subset, check_dataset_name, data_difference, load_dataset
+from .data import (
+    Dataset, DatasetError, balanced_subset, check_dataset_name, data_difference, load_dataset, normalised_as,
+)
+from .own_model import ModelError, file_sha256, load_own_model
 from .progress import SearchProgress
 from .report.draw import write_outputs
 from .report.front import (
@@ -31,12 +34,13 @@ from .stages.measure import CachedMeasurer, Measurer, make_measurer
 from .stages.export import export_onnx
 from .shared_teacher import shared_logits, stored_teacher, study_teacher
 from .stages.teacher import Teacher
-from .stages.train import train_device
+from .stages.train import predict_logits, train_device
 from .study import attrs
-from .study.baselines import enqueue_baselines, study_baselines
-from .study.config import ConfigError, study_dir
+from .study.baselines import enqueue_baselines, enqueue_originals, original_baselines, study_baselines
+from .study.config import ConfigError, StudyConfig, parse_floats, study_dir
 from .study.loop import count_complete, run_trials
 from .study.objective import StudyObjective, TrialContext
+from .study.own_objective import OwnModelContext, OwnModelObjective
 from .study.storage import (
     Store, StudyPlan, TrialStartLock, existing_study, open_storage, open_study, plan_study, study_config,
 )
@@ -100,6 +104,8 @@ def check_plan(plan: StudyPlan, data_dir: str | None, device: str | None, token:
 def run_search(request: SearchRequest, progress: SearchProgress = SearchProgress()) -> Report:
     p = prepare(request)
     config = p.plan.config
+    if config.model:
+        return run_own_model_search(request, p, progress)
     data = load_dataset(config.dataset, request.data_dir, request.cache_dir, config.resolution, request.skip_bad_images)
     check_same_data(p.plan.name, p.plan.data, data)  # before the study is opened: a refused worker writes nothing
     announce_data(data, progress)
@@ -141,6 +147,85 @@ def run_search(request: SearchRequest, progress: SearchProgress = SearchProgress
         study, data, store, study_dir(p.plan.name), p.target.name, config.max_latency_ms, config.max_size_kb,
         measurer, progress, teacher=teacher,
     )
+
+
+def run_own_model_search(request: SearchRequest, p: Prepared, progress: SearchProgress) -> Report:
+    """A study of the user's own network (``--model``): trials compress it, the original is
+    the teacher and the reference point. The network, its weights and the data are checked
+    before the study is opened: a refused worker writes nothing."""
+    config = p.plan.config
+    weights = request.explicit.get("weights") or config.weights
+    data = load_study_data(config, request.data_dir, request.cache_dir, request.skip_bad_images)
+    check_same_data(p.plan.name, p.plan.data, data)
+    if p.plan.exists:
+        check_same_weights(p.plan.name, config.weights_sha256, weights)
+    own = load_own_model(config.model, weights, data.num_classes, data.val.batch(slice(0, 1)))
+    announce_data(data, progress)  # once the network is accepted: a refusal is one line
+    progress.message(
+        f"model {own.name}: {own.params:,} parameters, {own.n_stages} stages; weights {weights} "
+        f"(sha256 {own.weights_sha256[:12]})"
+    )
+    plan = replace(p.plan, config=replace(config, weights=str(weights), weights_sha256=own.weights_sha256))
+    study, store = open_study(plan, data.resolution)
+    with contextlib.closing(TrialStartLock(plan.url, plan.name)) as lock, lock():
+        record_data(study, data)
+    config = study_config(study)
+    progress.message(f"study {plan.name}: {count_complete(study)} of {request.budget} trials complete; storage {plan.url}")
+    progress.message(f"target {p.target.describe()}")
+
+    device = train_device(request.train_device)
+    proxy = data.train.take(balanced_subset(data.train.y, config.train_subset, config.seed))
+    if len(proxy) < len(data.train):
+        progress.message(f"fine-tuning on {len(proxy)} of {len(data.train)} training images (class-balanced, --train-subset)")
+    progress.stage(None, "teacher logits")  # the teacher is the original network
+    logits = predict_logits(own.network, proxy, on_progress=progress.steps)
+    announce_device(device, progress)
+    measurer = CachedMeasurer(p.measurer, store)
+    ctx = OwnModelContext(config, own, data, proxy.to(device), logits, p.target, measurer, store, progress)
+    start_lock = TrialStartLock(plan.url, plan.name)
+    try:
+        if config.baselines:
+            with start_lock():
+                start_with_originals(study, ctx)
+        run_trials(study, config, request.budget, OwnModelObjective(ctx), start_lock, progress)
+    finally:
+        start_lock.close()
+    return finish(
+        study, data, store, study_dir(plan.name), p.target.name, config.max_latency_ms, config.max_size_kb,
+        measurer, progress,
+    )
+
+
+def load_study_data(config: StudyConfig, data_dir: str | None, cache_dir: str, skip_bad_images: bool) -> Dataset:
+    """The study's data as its network sees it: at its resolution (or --input-size), and
+    normalised with --mean and --std where the study of one's own network gave them."""
+    data = load_dataset(config.dataset, data_dir, cache_dir, config.input_size or config.resolution, skip_bad_images)
+    if config.mean:
+        data = normalised_as(data, parse_floats(config.mean, "--mean"), parse_floats(config.std, "--std"))
+    return data
+
+
+def check_same_weights(study: str, recorded_sha256: str, weights: str) -> None:
+    """Refuse (``ModelError``) weights other than those the study was created with: every
+    trial prunes, and distils from, the same original."""
+    if not Path(weights).is_file():
+        raise ModelError(f"--weights {weights}: no such file")
+    sha = file_sha256(weights)
+    if sha != recorded_sha256:
+        raise ModelError(
+            f"--weights {weights} (sha256 {sha[:12]}) are not the weights study {study} was created with "
+            f"(sha256 {recorded_sha256[:12]}): give the study's file, or start a new --study"
+        )
+
+
+def start_with_originals(study: optuna.Study, ctx: OwnModelContext) -> None:
+    """Enqueue the original network, fp32 and int8, into a new study, and say so."""
+    chosen, skipped = original_baselines(ctx.target, ctx.config.calib_samples)
+    if not enqueue_originals(study, ctx.own.name, chosen, skipped):
+        return
+    ctx.progress.message(f"baselines: the original network, {len(chosen)} enqueued first ({', '.join(chosen)})")
+    for name, why in skipped.items():
+        ctx.progress.message(f"baseline {name} skipped: {why}")
 
 
 def start_with_baselines(study: optuna.Study, ctx: TrialContext, budget: int) -> None:
@@ -396,8 +481,7 @@ def study_data_here(study: optuna.Study, request: ReportRequest) -> tuple[Datase
     another copy than the one the study recorded (its test split would score other images)."""
     config = study_config(study)
     try:
-        data = load_dataset(config.dataset, request.data_dir, request.cache_dir, config.resolution,
-                            request.skip_bad_images)
+        data = load_study_data(config, request.data_dir, request.cache_dir, request.skip_bad_images)
     except DatasetError as e:
         return None, f"the data set is not at hand here ({e})"
     recorded = study.user_attrs.get(attrs.STUDY_DATA)

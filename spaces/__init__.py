@@ -14,6 +14,13 @@ from .compression import (
     parse_compression,
     sample_compression,
 )
+from .compression_only import (
+    PRUNE_MODES,
+    ModelCompression,
+    model_compression_params,
+    parse_model_compression,
+    sample_model_compression,
+)
 from .mobilenetv3 import (
     MOBILENET_V3_LARGE,
     MOBILENET_V3_SMALL,
@@ -51,6 +58,8 @@ __all__ = [
     "MOBILENET_V3_SMALL",
     "MobileNetV3Like",
     "MobileNetV3Space",
+    "ModelCompression",
+    "PRUNE_MODES",
     "QUANT_MODES",
     "SPACES",
     "arch_of",
@@ -58,10 +67,13 @@ __all__ = [
     "compression_params",
     "get_space",
     "mobilenet_v3_small",
+    "model_compression_params",
     "nearest_params",
     "parse_arch",
     "parse_compression",
+    "parse_model_compression",
     "sample_arch",
     "sample_compression",
+    "sample_model_compression",
     "stride_schedule",
 ]

@@ -12,7 +12,7 @@ import html
 from typing import Sequence
 
 from .decision import decide, describe
-from .front import NOT_MEASURED_HERE, Report, TrialPoint, dominated_by
+from .front import NOT_MEASURED_HERE, Report, TrialPoint, baselines_are, dominated_by
 
 ARCH_SHOWN = 48  # characters of the architecture string in the table; the rest on hover
 
@@ -97,7 +97,7 @@ def render(report: Report, images: dict[str, bytes]) -> str:
         parts.append(f"<h2>Compared with {len(report.compared)} other studies</h2>")
         parts.append(_compared(report))
     if report.baselines:
-        parts.append("<h2>Baselines: hand-designed networks, trained like every trial</h2>")
+        parts.append(f"<h2>Baselines: {html.escape(baselines_are(report))}</h2>")
         parts.append(_baselines(report))
     parts.append(f"<script>{SCRIPT}</script></body></html>")
     return "\n".join(parts) + "\n"

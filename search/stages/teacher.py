@@ -69,6 +69,13 @@ def build_teacher(in_chs: int, num_classes: int, photos: bool = False) -> nn.Mod
     return model
 
 
+def small_resnet18(num_classes: int = 10) -> nn.Module:
+    """The small-image ResNet-18 for RGB images as a ``--model`` factory
+    (``search.stages.teacher:small_resnet18``): the architecture of the shared CIFAR-10
+    ResNet-18, which torchvision's own ``resnet18`` (a 7x7 stride-2 stem) is not."""
+    return build_teacher(3, num_classes)
+
+
 def describe_teacher(data: Dataset) -> str:
     stem = "7x7 stride-2 stem and max-pool" if data.photos else "3x3 stride-1 stem, no max-pool"
     return f"ResNet-18 ({stem}, {data.in_chs} input channels, {data.num_classes} classes)"

@@ -4,7 +4,8 @@
 ARCH = "arch"  # spec string of the deployed network (after pruning): rebuilds it
 ARCH_SAMPLED = "arch_sampled"  # spec string as sampled, before pruning
 COMPRESSION = "compression"
-PRUNE_RATIO = "prune_ratio"
+PRUNE_RATIO = "prune_ratio"  # per-stage pruning (one's own network): the mean of STAGE_RATIOS
+STAGE_RATIOS = "stage_ratios"  # one's own network pruned per stage: each stage's share, first stage first
 CHANNEL_ROUND = "channel_round"
 QUANT = "quant"
 CALIB_METHOD = "calib_method"
@@ -34,6 +35,7 @@ SECONDS_PREFIX = "seconds_"  # seconds_<stage> for each stage of the trial
 TRAIN_LOSS = "train_loss"
 WORKER = "worker"  # {"host", "pid"} of the process that ran the trial
 BASELINE = "baseline"  # the name of a hand-designed reference network (an enqueued trial), e.g. mnv3-small-0.5-fp32
+ORIGINAL_BASELINE = "original-"  # the baselines of a study of one's own network: the network itself, e.g. original-fp32
 LEARNING_CURVE = "learning_curve"  # validation accuracy at each of early_stop.curve_fractions of proxy training
 EARLY_STOPPED = "early_stopped"  # why the trial was stopped during training (early_stop.Stop.as_dict, and a reason)
 TRAINED_WEIGHTS = "trained_weights_sha256"  # baselines: the trained, unpruned weights in the store, for the twin

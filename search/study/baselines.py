@@ -7,6 +7,10 @@ points (trial attribute ``baseline``). Each trains the exact torchvision network
 strides set for the data's resolution), which no search space builds; its parameters
 are those of the space's nearest point (``spaces.nearest_params``), so that the samplers
 see every trial with the same parameters.
+
+A study of one's own network starts instead from the network itself, unpruned, as fp32
+and as the target's int8-static (:func:`original_baselines`): what the compression has
+to beat.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 import optuna
 
 import spaces
-from spaces import ArchSpec, CompressionSpec, MobileNetV3Space
+from spaces import ArchSpec, CompressionSpec, MobileNetV3Space, ModelCompression, model_compression_params
 
 from ..targets import Target
 from . import attrs
@@ -60,16 +64,42 @@ def _why_not(target: Target, quant: str) -> str | None:
     return None
 
 
+def original_baselines(target: Target, calib_samples: int) -> tuple[dict[str, ModelCompression], dict[str, str]]:
+    """One's own network unpruned, as fp32 and as the target's int8-static (calibrated on
+    ``calib_samples`` images, the middle of the sizes the space samples), by name; and
+    those the target cannot run, each with why."""
+    chosen, skipped = {}, {}
+    for quant in QUANT_MODES:
+        name = f"{attrs.ORIGINAL_BASELINE}{quant}"
+        why = _why_not(target, quant)
+        if why:
+            skipped[name] = why
+            continue
+        static = quant == "int8-static"
+        chosen[name] = ModelCompression(0.0, (), 1, quant, CALIB_METHOD if static else None, calib_samples if static else None)
+    return chosen, skipped
+
+
 def enqueue_baselines(study: optuna.Study, space: MobileNetV3Space, baselines: list[Baseline], skipped: dict) -> bool:
     """Enqueue the baselines into a study that has no trials yet, once (call it under the
     study's start lock: two workers starting together enqueue them once between them).
     Returns whether they were enqueued now."""
+    return _enqueue(study, [
+        (b.name, str(b.arch), {**spaces.nearest_params(space, b.arch), **spaces.compression_params(b.compression)})
+        for b in baselines
+    ], skipped)
+
+
+def enqueue_originals(study: optuna.Study, model: str, originals: dict[str, ModelCompression], skipped: dict) -> bool:
+    """As :func:`enqueue_baselines`, for one's own network ``model`` (its --model name)."""
+    return _enqueue(study, [(name, model, model_compression_params(c)) for name, c in originals.items()], skipped)
+
+
+def _enqueue(study: optuna.Study, trials: list[tuple[str, str, dict]], skipped: dict) -> bool:
+    """Enqueue (name, arch_sampled, parameters) once, into a study without trials."""
     if attrs.STUDY_BASELINES in study.user_attrs or study.get_trials(deepcopy=False):
         return False
-    for b in baselines:
-        study.enqueue_trial(
-            {**spaces.nearest_params(space, b.arch), **spaces.compression_params(b.compression)},
-            user_attrs={attrs.BASELINE: b.name, attrs.ARCH_SAMPLED: str(b.arch)},
-        )
-    study.set_user_attr(attrs.STUDY_BASELINES, {"enqueued": [b.name for b in baselines], "skipped": skipped})
+    for name, arch, params in trials:
+        study.enqueue_trial(params, user_attrs={attrs.BASELINE: name, attrs.ARCH_SAMPLED: arch})
+    study.set_user_attr(attrs.STUDY_BASELINES, {"enqueued": [name for name, _, _ in trials], "skipped": skipped})
     return True

@@ -16,6 +16,12 @@ from pathlib import Path
 
 STUDIES_DIR = Path("studies")
 SAMPLERS = ("tpe", "nsga2", "random")
+# Settings that name something on the worker's own machine: a worker joining a study may
+# give another path; what must be the same (the weights' content) is checked by its hash.
+MACHINE_LOCAL = {"weights"}
+# The fine-tune's peak learning rate for one's own, trained network unless given: the
+# search's 0.01 suits networks trained from scratch, and would first undo trained weights.
+OWN_MODEL_LR = 0.001
 
 
 class ConfigError(ValueError):
@@ -26,6 +32,11 @@ def _setting(default, help: str, metavar: str = "N", choices: tuple[str, ...] | 
     """A study setting: its default and its ``--help`` line live here, and only here
     (``nas.py`` makes one option of each, and the errors below name that option)."""
     return field(default=default, metadata={"help": help, "metavar": metavar, "choices": choices})
+
+
+def _recorded(default):
+    """What the study records beside the settings, derived from them, never given as an option."""
+    return field(default=default, metadata={"recorded": True})
 
 
 @dataclass(frozen=True)
@@ -58,7 +69,7 @@ class StudyConfig:
     finetune_epochs: float = _setting(4.0, "distillation fine-tune after pruning, spread over the prune steps")
     prune_steps: int = _setting(1, "iterative pruning steps, fine-tuning between them")
     batch_size: int = _setting(128, "training batch size")
-    lr: float = _setting(0.01, "peak learning rate of the one-cycle schedule", metavar="LR")
+    lr: float = _setting(0.01, "peak learning rate of the one-cycle schedule (0.001 with --model)", metavar="LR")
     alpha: float = _setting(0.3, "distillation weight: (1-A)*CE + A*T^2*KL", metavar="A")  # the seed recipe's
     temperature: float = _setting(4.0, "distillation temperature", metavar="T")
     teacher_epochs: int = _setting(0, "teacher training epochs (0: by data set size)")
@@ -78,6 +89,22 @@ class StudyConfig:
     )
     max_latency_ms: float | None = _setting(None, "reject candidates slower than this, before training", metavar="MS")
     max_size_kb: float | None = _setting(None, "reject candidates whose file is larger, before training", metavar="KB")
+    # Bring your own model: the study compresses this network instead of searching architectures.
+    model: str = _setting(
+        "", "compress your own network instead of searching: torchvision:NAME (resnet18, mobilenet_v2, "
+        "mobilenet_v3_small, efficientnet_b0, ...) or module.path:callable (an nn.Module factory); needs --weights",
+        metavar="NAME",
+    )
+    weights: str = _setting(
+        "", "--model's trained weights: a state dict (float16 allowed) or a TorchScript file", metavar="PATH"
+    )
+    weights_sha256: str = _recorded("")  # of the --weights file: every worker of the study must load the same
+    mean: str = _setting(
+        "", "--model's input normalisation, per channel, e.g. 0.485,0.456,0.406 (default: the data set's)",
+        metavar="LIST",
+    )
+    std: str = _setting("", "as --mean, the divisors (default: the data set's)", metavar="LIST")
+    input_size: int = _setting(0, "--model's input size in pixels, square (default: the data set's resolution)")
 
     def __post_init__(self) -> None:
         rules = [
@@ -98,10 +125,31 @@ class StudyConfig:
             ("early_stop", isinstance(self.early_stop, bool), "true or false"),
             ("max_latency_ms", self.max_latency_ms is None or self.max_latency_ms > 0, "> 0"),
             ("max_size_kb", self.max_size_kb is None or self.max_size_kb > 0, "> 0"),
+            ("input_size", self.input_size >= 0, ">= 0"),
         ]
         for name, ok, rule in rules:
             if not ok:
                 raise ConfigError(f"{option_name(name)} must be {rule}, got {getattr(self, name)}")
+        self._check_own_model()
+
+    def _check_own_model(self) -> None:
+        own = ("weights", "mean", "std", "input_size")
+        if not self.model:
+            given = next((k for k in own if getattr(self, k)), None)
+            if given is not None:
+                raise ConfigError(f"{option_name(given)} is for your own network: give --model too")
+            return
+        if not self.weights:
+            raise ConfigError(f"--model {self.model} needs --weights: the trained network is what the study compresses")
+        if self.input_size and self.resolution and self.input_size != self.resolution:
+            raise ConfigError(f"--input-size {self.input_size} and --resolution {self.resolution} differ: give one")
+        if bool(self.mean) != bool(self.std):
+            raise ConfigError("--mean and --std go together: give both, or neither to take the data set's")
+        for key in ("mean", "std"):
+            if getattr(self, key):
+                values = parse_floats(getattr(self, key), option_name(key))
+                if key == "std" and min(values) <= 0:
+                    raise ConfigError(f"--std must be > 0 per channel, got {self.std}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -113,19 +161,31 @@ class StudyConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
+def parse_floats(text: str, option: str) -> tuple[float, ...]:
+    """``0.485,0.456,0.406`` as numbers; ConfigError naming ``option`` otherwise."""
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: give one number per channel, separated by commas") from None
+
+
 def option_name(key: str) -> str:
     """The command-line option of a setting: ``batch_size`` is ``--batch-size``."""
     return "--" + key.replace("_", "-")
 
 
 def config_keys() -> set[str]:
-    return {f.name for f in fields(StudyConfig)}
+    """The settings, which the command line and a TOML file give (not what the study records beside them)."""
+    return {f.name for f in fields(StudyConfig) if not f.metadata.get("recorded")}
 
 
-def default_study_name(dataset: str, target: str) -> str:
+def default_study_name(dataset: str, target: str, model: str = "") -> str:
+    """``<dataset>-<target>``; a study of one's own network adds its name (``cifar10-resnet18-host``),
+    so that it never joins an architecture search of the same data."""
     if dataset.startswith("imagefolder:"):
         dataset = "imagefolder-" + Path(dataset.split(":", 1)[1].rstrip("/")).stem
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{dataset}-{target}").strip("-")
+    network = f"-{model.rsplit(':', 1)[-1]}" if model else ""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{dataset}{network}-{target}").strip("-")
 
 
 def check_study_name(name: str) -> None:
@@ -160,7 +220,8 @@ def resolve(study: str, explicit: dict, stored: StudyConfig | None) -> StudyConf
     """
     if stored is not None:
         conflicts = {
-            k: (v, getattr(stored, k)) for k, v in explicit.items() if k in config_keys() and getattr(stored, k) != v
+            k: (v, getattr(stored, k)) for k, v in explicit.items()
+            if k in config_keys() and k not in MACHINE_LOCAL and getattr(stored, k) != v
         }
         if conflicts:
             k, (given, kept) = next(iter(conflicts.items()))
@@ -170,6 +231,8 @@ def resolve(study: str, explicit: dict, stored: StudyConfig | None) -> StudyConf
             )
         return stored
     values = {**load_toml(study), **explicit}
+    if values.get("model") and "lr" not in values:
+        values["lr"] = OWN_MODEL_LR
     try:
         return replace(StudyConfig(), **values)
     except TypeError as e:

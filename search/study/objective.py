@@ -20,13 +20,14 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import optuna
 import torch
 
 import spaces
-from spaces import Candidate, CompressionSpec, MobileNetV3Like, MobileNetV3Space, build_model
+from spaces import Candidate, CompressionSpec, MobileNetV3Space, ModelCompression, build_model
 
 from ..data import Dataset, Split
 from ..progress import SearchProgress
@@ -80,12 +81,17 @@ class StudyObjective:
         return run_trial(trial, self.ctx, candidate)
 
     def repeat(self, trial: optuna.Trial, original: optuna.trial.FrozenTrial) -> tuple[float, float, float] | None:
-        trial.set_user_attr(attrs.REPEAT_OF, original.number)
-        if original.values is None:  # still running elsewhere: nothing to reuse yet
-            return None
-        accuracy, latency_ms, size_kb = original.values
-        _record_constraints(trial, self.ctx.config, latency_ms, size_kb)
-        return accuracy, latency_ms, size_kb
+        return repeat_trial(trial, self.ctx.config, original)
+
+
+def repeat_trial(trial: optuna.Trial, cfg: StudyConfig, original: optuna.trial.FrozenTrial) -> tuple[float, float, float] | None:
+    """Record ``trial`` as a repeat of ``original``: the original's values, once it has them."""
+    trial.set_user_attr(attrs.REPEAT_OF, original.number)
+    if original.values is None:  # still running elsewhere: nothing to reuse yet
+        return None
+    accuracy, latency_ms, size_kb = original.values
+    _record_constraints(trial, cfg, latency_ms, size_kb)
+    return accuracy, latency_ms, size_kb
 
 
 def sample_trial(trial: optuna.Trial, ctx: TrialContext) -> Candidate:
@@ -97,8 +103,19 @@ def sample_trial(trial: optuna.Trial, ctx: TrialContext) -> Candidate:
         arch = spaces.parse_arch(trial.user_attrs[attrs.ARCH_SAMPLED])
     comp = spaces.sample_compression(trial, target.quant_modes, target.channel_rounds, target.prune_ratios)
     trial.set_user_attr(attrs.ARCH_SAMPLED, str(arch))
+    record_compression(trial, comp, target)
+    trial.set_user_attr(attrs.TEACHER_SHA256, ctx.teacher_sha256)
+    return Candidate(arch, comp)
+
+
+def record_compression(trial: optuna.Trial, comp, target: Target) -> None:
+    """The trial's compression as sampled (a CompressionSpec, or a ModelCompression for one's
+    own network): ``compression`` is its string, the loop finds repeats by it."""
     trial.set_user_attr(attrs.COMPRESSION, str(comp))
-    trial.set_user_attr(attrs.PRUNE_RATIO, comp.prune_ratio)
+    stage_ratios = getattr(comp, "stage_ratios", ())
+    if stage_ratios:  # the report's one number of a per-stage pruning: the mean share
+        trial.set_user_attr(attrs.STAGE_RATIOS, list(stage_ratios))
+    trial.set_user_attr(attrs.PRUNE_RATIO, round(sum(stage_ratios) / len(stage_ratios), 4) if stage_ratios else comp.prune_ratio)
     trial.set_user_attr(attrs.CHANNEL_ROUND, comp.channel_round)
     trial.set_user_attr(attrs.QUANT, comp.quant)
     trial.set_user_attr(attrs.CALIB_METHOD, comp.calib_method)
@@ -111,12 +128,10 @@ def sample_trial(trial: optuna.Trial, ctx: TrialContext) -> Candidate:
             "weight_bits": 7 if target.reduce_range else 8,
         })
     trial.set_user_attr(attrs.TARGET, target.name)
-    trial.set_user_attr(attrs.TEACHER_SHA256, ctx.teacher_sha256)
-    return Candidate(arch, comp)
 
 
 def run_trial(trial: optuna.Trial, ctx: TrialContext, candidate: Candidate) -> tuple[float, float, float]:
-    """Cost, train, prune, export, quantize, evaluate and measure the candidate."""
+    """Cost, train and prune the candidate, then deploy it (export, quantize, evaluate, measure)."""
     cfg, data, comp = ctx.config, ctx.data, candidate.compression
     torch.manual_seed(trial_seed(cfg, trial.number))
     example = data.val.batch(slice(0, 1))
@@ -125,14 +140,14 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, candidate: Candidate) -> t
     # Baselines are reference points for the report: they run to the end, whatever the rule says.
     may_stop = cfg.early_stop and attrs.BASELINE not in trial.user_attrs
 
-    with _stage(trial, ctx, "cost"):
+    with trial_stage(trial, ctx, "cost"):
         model = build_model(candidate.arch)
         trial.set_user_attr(attrs.PARAMS_BEFORE_PRUNE, count_cost(model, data.in_chs, data.resolution).params)
         probe = Probe(trial, ctx, candidate, example, calibration, metadata)
         if cfg.max_latency_ms is not None or cfg.max_size_kb is not None:
             probe.cost()  # refuses the candidate before training if it breaks a limit
 
-    with _stage(trial, ctx, "train"):
+    with trial_stage(trial, ctx, "train"):
         shared = _trained_twin(trial, ctx.store) if attrs.BASELINE in trial.user_attrs else None
         if shared is not None:  # the same network, quantized another way: an engineer trains it once
             number, weights, curve = shared
@@ -150,7 +165,7 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, candidate: Candidate) -> t
             if attrs.BASELINE in trial.user_attrs and comp.prune_ratio == 0:
                 trial.set_user_attr(attrs.TRAINED_WEIGHTS, ctx.store.put_model(_state_bytes(model)))
 
-    with _stage(trial, ctx, "prune"):
+    with trial_stage(trial, ctx, "prune"):
         finetune_seconds = prune_and_finetune(
             model, comp, cfg, ctx.train, ctx.train_logits, cfg.finetune_epochs, trial.number, example, ctx.progress.steps
         )
@@ -161,15 +176,36 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, candidate: Candidate) -> t
         trial.set_user_attr(attrs.MACS, cost.macs)
         trial.set_user_attr(attrs.ACCURACY_TORCH, accuracy(predict_logits(model, data.val), data.val.y))
 
-    with _stage(trial, ctx, "export"):
-        fp32 = export_fp32(model, example, metadata)
+    return deploy(trial, ctx, model, comp, calibration, {**metadata, "arch": str(model.spec)})
+
+
+class DeployContext(Protocol):
+    """What :func:`deploy` needs of a study's trials (a TrialContext, or an own network's context)."""
+
+    config: StudyConfig
+    data: Dataset
+    target: Target
+    measurer: Measurer
+    store: Store
+    progress: SearchProgress
+
+
+def deploy(
+    trial: optuna.Trial, ctx: DeployContext, model: torch.nn.Module, comp, calibration: np.ndarray, metadata: dict
+) -> tuple[float, float, float]:
+    """Export the trained, pruned ``model`` (its file says ``metadata``), quantize it as
+    ``comp`` says, evaluate the deployed file and measure it on the target: the trial's
+    values (accuracy, latency, size). A file that breaks a hard limit is rejected."""
+    cfg, data = ctx.config, ctx.data
+    with trial_stage(trial, ctx, "export"):
+        fp32 = export_onnx(model, data.val.batch(slice(0, 1)), metadata)
         trial.set_user_attr(attrs.PARITY_MAX_DIFF, check_parity(fp32, model, data.val.batch(slice(0, 64))))
         trial.set_user_attr(attrs.SIZE_BYTES_FP32, len(fp32))
 
-    with _stage(trial, ctx, "quantize"):
+    with trial_stage(trial, ctx, "quantize"):
         deployed = quantize_for(fp32, comp, calibration, ctx.target)
 
-    with _stage(trial, ctx, "evaluate"):
+    with trial_stage(trial, ctx, "evaluate"):
         acc = onnx_accuracy(deployed, data.val)
         acc_fp32 = acc if comp.quant == "fp32" else onnx_accuracy(fp32, data.val)
         trial.set_user_attr(attrs.ACCURACY, acc)
@@ -177,7 +213,7 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, candidate: Candidate) -> t
         trial.set_user_attr(attrs.SIZE_BYTES, len(deployed))
         trial.set_user_attr(attrs.ONNX_SHA256, ctx.store.put_model(deployed))
 
-    with _stage(trial, ctx, "measure"):
+    with trial_stage(trial, ctx, "measure"):
         m = ctx.measurer.measure(deployed)
         trial.set_user_attr(attrs.LATENCY_P50, m.stats.p50_ms)
         trial.set_user_attr(attrs.LATENCY_P90, m.stats.p90_ms)
@@ -212,8 +248,8 @@ def train_config(cfg: StudyConfig, epochs: float, trial_number: int) -> TrainCon
 
 
 def prune_and_finetune(
-    model: MobileNetV3Like,
-    comp: CompressionSpec,
+    model: torch.nn.Module,
+    comp: CompressionSpec | ModelCompression,
     cfg: StudyConfig,
     images: Split,
     logits: torch.Tensor,
@@ -226,7 +262,8 @@ def prune_and_finetune(
     """The candidate's own pruning, in ``cfg.prune_steps`` steps, each followed by its share
     of ``finetune_epochs`` of distillation on ``images``; ``checkpoint_of(step)``, if given,
     keeps each fine-tune's state (see ``fit``). Returns the seconds spent fine-tuning."""
-    if comp.prune_ratio <= 0:
+    stage_ratios = getattr(comp, "stage_ratios", ())  # a ModelCompression may prune each stage its own share
+    if max(stage_ratios, default=comp.prune_ratio) <= 0:
         return 0.0
     per_step = finetune_epochs / cfg.prune_steps
     seconds = 0.0
@@ -240,7 +277,7 @@ def prune_and_finetune(
             seconds += time.perf_counter() - start
 
     bn_data = images.batch(slice(0, BN_SAMPLES)).cpu()
-    prune(model, comp.prune_ratio, comp.channel_round, example, cfg.prune_steps, bn_data, finetune)
+    prune(model, comp.prune_ratio, comp.channel_round, example, cfg.prune_steps, bn_data, finetune, stage_ratios)
     return seconds
 
 
@@ -426,7 +463,9 @@ def _reject(trial, cfg: StudyConfig, when: str, reasons: list[str], latency_ms: 
 
 
 @contextmanager
-def _stage(trial: optuna.Trial, ctx: TrialContext, name: str):
+def trial_stage(trial: optuna.Trial, ctx: DeployContext, name: str):
+    """One stage of a trial: announced, timed (``seconds_<name>``), and a failure in it
+    recorded (``failed_stage``, ``fail_reason``) and raised as StageFailed."""
     ctx.progress.stage(trial.number, name)
     start = time.perf_counter()
     try:

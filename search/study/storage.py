@@ -300,7 +300,8 @@ def plan_study(study: str | None, storage: str | None, explicit: dict) -> StudyP
     study, they must agree with the stored ones (see ``config.resolve``).
     """
     name = study or default_study_name(
-        explicit.get("dataset", StudyConfig.dataset), explicit.get("target", StudyConfig.target)
+        explicit.get("dataset", StudyConfig.dataset), explicit.get("target", StudyConfig.target),
+        explicit.get("model", ""),
     )
     check_study_name(name)
     url = storage_url_for(name, storage)
