@@ -135,6 +135,11 @@ class Dataset:
         """Identifies the exact training data: keys the teacher cache."""
         return _content_hash(self.name, self.train, self.val)
 
+    def identity(self) -> str:
+        """Identifies this whole copy, test split included: what a study's teacher records
+        of the data it was made for, which may be the study's first record of its data."""
+        return _content_hash(self.name, self.train, self.val, self.test)
+
 
 def _content_hash(name: str, *splits: Split) -> str:
     h = hashlib.sha256(name.encode())

@@ -32,7 +32,7 @@ from .report.retime import ROUNDS, retime, same_setup
 from .stages.evaluate import onnx_accuracy
 from .stages.measure import CachedMeasurer, Measurer, make_measurer
 from .stages.export import export_onnx
-from .shared_teacher import shared_logits, stored_teacher, study_teacher
+from .shared_teacher import check_teacher_data, shared_logits, stored_teacher, study_teacher
 from .stages.teacher import Teacher
 from .stages.train import predict_logits, train_device
 from .study import attrs
@@ -108,6 +108,7 @@ def run_search(request: SearchRequest, progress: SearchProgress = SearchProgress
         return run_own_model_search(request, p, progress)
     data = load_dataset(config.dataset, request.data_dir, request.cache_dir, config.resolution, request.skip_bad_images)
     check_same_data(p.plan.name, p.plan.data, data)  # before the study is opened: a refused worker writes nothing
+    check_teacher_data(p.plan.url, p.plan.name, data)
     announce_data(data, progress)
     study, store = open_study(p.plan, data.resolution)
     # Under the start lock: of two workers starting a new study on different copies, one records its data,

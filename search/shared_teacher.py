@@ -44,7 +44,7 @@ from .stages.teacher import (
 )
 from .stages.train import predict_logits
 from .study.config import ConfigError
-from .study.storage import SearchError
+from .study.storage import SearchError, Store, sqlite_file
 from .study.teacher_store import READY, REFUSED, Claim, TeacherRecord, TeacherStore
 
 # A waiting worker gives up when the teacher's making has not moved for this long. Bounded
@@ -143,7 +143,7 @@ def make_teacher(
         teacher = Teacher(model, val_accuracy, source, cache_blob(cache_dir, blob), sha)
         if logits_for is not None:
             shared_logits(claim.teachers, teacher, logits_for, steps)
-        if not claim.publish(sha, val_accuracy, source, data.fingerprint()):
+        if not claim.publish(sha, val_accuracy, source, data.identity()):
             return None
     progress.message(f"teacher: {describe(teacher)}, now the study's")
     return teacher
@@ -183,13 +183,35 @@ def _has_teacher(record: TeacherRecord | None) -> str:
     return f"has its teacher being made by {record.worker}; wait for it, or install into a new --study"
 
 
-def load_teacher(teachers: TeacherStore, study: str, record: TeacherRecord, data: Dataset, cache_dir: str | Path) -> Teacher:
-    """The study's (ready) teacher, from this machine's cache, else from the database."""
-    if record.data_fingerprint != data.fingerprint():
+def check_teacher_data(url: str, study: str, data: Dataset) -> None:
+    """Refuse (``DatasetError``) a copy of the data that is not the one the study's teacher
+    was made for. A teacher installed before any worker ran (``nas.py teacher --study``)
+    is the study's first record of its data, so the first worker must be checked against
+    it before its own copy becomes the study's (``runner.record_data``): on CIFAR-10, a
+    copy with one test image changed had joined such a study and been recorded as its data."""
+    db = sqlite_file(url)
+    if db is not None and not db.exists():
+        return  # no database yet, so no teacher; and nothing is created here
+    store = Store(url)
+    try:
+        record = TeacherStore(store).get(study)
+    finally:
+        store.close()
+    if record is not None and record.state == READY:
+        _check_made_for(study, record, data)
+
+
+def _check_made_for(study: str, record: TeacherRecord, data: Dataset) -> None:
+    if record.data_fingerprint != data.identity():
         raise DatasetError(
             f"study {study}'s teacher was made for other data (fingerprint {record.data_fingerprint}, "
-            f"here {data.fingerprint()}): use the data it was made for, or another --study"
+            f"here {data.identity()}): use the data it was made for, or another --study"
         )
+
+
+def load_teacher(teachers: TeacherStore, study: str, record: TeacherRecord, data: Dataset, cache_dir: str | Path) -> Teacher:
+    """The study's (ready) teacher, from this machine's cache, else from the database."""
+    _check_made_for(study, record, data)
     blob = cached_blob(cache_dir, record.sha256)
     if blob is None:
         blob = teachers.store.get_model(record.sha256)

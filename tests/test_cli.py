@@ -140,6 +140,31 @@ def test_a_teacher_installed_into_a_study_is_the_one_its_workers_load(tmp_path, 
     assert "study s has its teacher already (imported from trained.pt" in capsys.readouterr().err
 
 
+def test_the_first_worker_of_a_study_whose_teacher_came_first_must_bring_the_teacher_s_data(
+    tmp_path, monkeypatch, capsys, teacher, digits
+):
+    """``nas.py teacher --study`` runs before any worker: the teacher is the study's only
+    record of its data, so a first worker with one test image changed is refused before
+    its copy is recorded as the study's (on CIFAR-10 such a worker had joined)."""
+    from dataclasses import replace
+
+    from search import runner
+    from search.study.storage import stored_attrs
+
+    monkeypatch.chdir(tmp_path)
+    torch.save(teacher.model.state_dict(), tmp_path / "trained.pt")
+    assert nas.main(["teacher", "--study", "s", "--weights", "trained.pt", "--cache-dir", "cache"]) == 0
+    pixels = digits.test.pixels.clone()
+    pixels[0] = pixels[1]
+    changed = replace(digits, test=replace(digits.test, pixels=pixels))
+    monkeypatch.setattr(runner, "load_dataset", lambda *args, **kwargs: changed)
+    capsys.readouterr()
+    assert nas.main(["--study", "s", "--budget", "1", "--cache-dir", "cache", "--space", "tiny", "--no-baselines"]) == 2
+    assert f"study s's teacher was made for other data (fingerprint {digits.identity()}, here {changed.identity()})" \
+        in capsys.readouterr().err
+    assert stored_attrs("sqlite:///studies/s/study.db", "s") is None  # no study made, no data recorded
+
+
 def test_a_trial_s_training_shows_epoch_batch_and_when_the_trial_ends(capsys, every_step_drawn):
     progress = TerminalProgress()
     progress.start(n_complete=0, budget=2)

@@ -55,7 +55,7 @@ def test_the_first_worker_makes_its_machine_s_teacher_the_study_s_and_another_lo
     assert made.source.endswith(f"from {socket.gethostname()}'s cache")
     record = teachers.get("s")
     assert (record.state, record.sha256, record.val_accuracy) == (READY, made.sha256, made.val_accuracy)
-    assert record.data_fingerprint == digits.fingerprint() and made.val_accuracy > 0.9
+    assert record.data_fingerprint == digits.identity() and made.val_accuracy > 0.9
     blob = teachers.store.get_model(made.sha256)
     assert hashlib.sha256(blob).hexdigest() == made.sha256
     state = torch.load(io.BytesIO(blob), weights_only=True)
@@ -101,7 +101,7 @@ def test_a_teacher_whose_maker_died_is_taken_over_by_the_next_worker(teachers, d
     teacher = study_teacher(teachers, "s", digits, cache_dir, progress=progress, stall_minutes=0.5)
     assert teachers.get("s").sha256 == teacher.sha256
     assert any(f"being made by {dead.worker}, silent for" in m and "taking it over" in m for m in progress.messages)
-    assert not dead.publish("late", 0.5, "trained", digits.fingerprint())
+    assert not dead.publish("late", 0.5, "trained", digits.identity())
 
 
 def test_a_wait_ends_when_the_maker_s_work_stands_still(teachers, digits, tmp_path):
@@ -133,5 +133,5 @@ def test_a_teacher_trained_near_chance_is_refused_for_the_whole_study_until_one_
 def test_a_study_s_teacher_is_not_loaded_for_other_data(teachers, digits, cache_dir, tmp_path):
     study_teacher(teachers, "s", digits, cache_dir)
     other = replace(digits, val=digits.val.take(torch.arange(100)))
-    with pytest.raises(DatasetError, match=f"study s's teacher was made for other data .*here {other.fingerprint()}"):
+    with pytest.raises(DatasetError, match=f"study s's teacher was made for other data .*here {other.identity()}"):
         study_teacher(teachers, "s", other, tmp_path)

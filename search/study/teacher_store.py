@@ -47,7 +47,7 @@ _teachers = sa.Table(
     sa.Column("sha256", sa.String(64)),  # READY: of the weights' blob in the model store
     sa.Column("val_accuracy", sa.Float),
     sa.Column("source", sa.Text),  # how it was made, e.g. "trained (10 epochs) on HOST"
-    sa.Column("data_fingerprint", sa.String(64)),  # Dataset.fingerprint() of the data it was made for
+    sa.Column("data_fingerprint", sa.String(64)),  # Dataset.identity() of the data it was made for
     sa.Column("reason", sa.Text),  # REFUSED: why
 )
 _logits = sa.Table(
