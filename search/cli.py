@@ -362,8 +362,7 @@ def _study_teacher(args: argparse.Namespace, progress: TerminalProgress) -> int:
     data = load_dataset(plan.config.dataset, args.data_dir, args.cache_dir, plan.config.resolution, args.skip_bad_images)
     check_same_data(plan.name, plan.data, data)
     model = _read_weights(args.weights, data) if args.weights else None
-    if model is not None:
-        check_installable(model, data, args.weights, progress)
+    val_accuracy = check_installable(model, data, args.weights, progress) if model is not None else None
     open_storage(plan.url).engine.dispose()  # the study's database, made where it is new
     teachers = TeacherStore(Store(plan.url))
     record = teachers.get(plan.name)
@@ -373,7 +372,7 @@ def _study_teacher(args: argparse.Namespace, progress: TerminalProgress) -> int:
             "train a new one for a new --study"
         )
     if model is not None:
-        teacher = install_teacher(teachers, plan.name, data, args.cache_dir, model, args.weights, progress)
+        teacher = install_teacher(teachers, plan.name, data, args.cache_dir, model, args.weights, progress, val_accuracy)
     else:
         epochs = args.epochs or plan.config.teacher_epochs or None
         teacher = study_teacher(

@@ -104,11 +104,13 @@ def _remedy(study: str) -> str:
 def make_teacher(
     claim: Claim, data: Dataset, cache_dir: str | Path, epochs: int | None, seed: int,
     progress: SearchProgress = SearchProgress(), logits_for: Split | None = None, retrain: bool = False,
-    installed: nn.Module | None = None, installed_from: str = "",
+    installed: nn.Module | None = None, installed_from: str = "", installed_accuracy: float | None = None,
 ) -> Teacher | None:
-    """Under ``claim``: the teacher ``installed`` (read from ``installed_from``), else this
-    machine's teacher for ``data`` unless ``retrain``, else one trained for ``epochs``;
-    checked, stored and published as the study's. None if the claim was lost meanwhile."""
+    """Under ``claim``: the teacher ``installed`` (read from ``installed_from``, its
+    validation accuracy ``installed_accuracy`` where ``check_installable`` measured it),
+    else this machine's teacher for ``data`` unless ``retrain``, else one trained for
+    ``epochs``; checked, stored and published as the study's. None if the claim was lost
+    meanwhile."""
     host = socket.gethostname()
 
     def steps(done: int, total: int, per_epoch: int) -> None:
@@ -128,7 +130,8 @@ def make_teacher(
             source, origin = f"{source} on {host}", "trained"
         blob = teacher_blob(model)
         model = model_from_blob(blob, data)  # the float16 weights every worker will load, not the float32 ones
-        val_accuracy = validation_accuracy(model, data, steps)
+        val_accuracy = installed_accuracy if installed is not None and installed_accuracy is not None \
+            else validation_accuracy(model, data, steps)  # a ResNet-18 on CIFAR-10's validation split: 70 s here
         try:
             check_teacher(val_accuracy, data, f"the teacher {source}")
         except NearChance as e:
@@ -149,27 +152,32 @@ def make_teacher(
     return teacher
 
 
-def check_installable(model: nn.Module, data: Dataset, weights: str, progress: SearchProgress = SearchProgress()) -> None:
+def check_installable(model: nn.Module, data: Dataset, weights: str, progress: SearchProgress = SearchProgress()) -> float:
     """Refuse (``ConfigError``) the teacher read from ``weights`` if it is no better than
-    chance as the study would hold it (float16): before anything is written."""
+    chance as the study would hold it (float16): before anything is written. Its validation
+    accuracy otherwise."""
     val_accuracy = validation_accuracy(model_from_blob(teacher_blob(model), data), data, progress.steps)
     try:
         check_teacher(val_accuracy, data, f"the teacher in {weights}")
     except NearChance as e:
         raise ConfigError(f"{e}; nothing was installed") from None
+    return val_accuracy
 
 
 def install_teacher(
     teachers: TeacherStore, study: str, data: Dataset, cache_dir: str | Path, model: nn.Module, weights: str,
-    progress: SearchProgress = SearchProgress(),
+    progress: SearchProgress = SearchProgress(), val_accuracy: float | None = None,
 ) -> Teacher:
-    """Install ``model`` (read from ``weights``, checked with ``check_installable``) as the
-    study's teacher (``nas.py teacher --study --weights``): refused (``ConfigError``) where
-    the study has a teacher already or another worker is making one; a refused one is replaced."""
+    """Install ``model`` (read from ``weights``, checked with ``check_installable``, which
+    measured ``val_accuracy``) as the study's teacher (``nas.py teacher --study --weights``):
+    refused (``ConfigError``) where the study has a teacher already or another worker is
+    making one; a refused one is replaced."""
     claim = teachers.claim(study, take_refused=True)
     if claim is None:
         raise ConfigError(f"study {study} {_has_teacher(teachers.get(study))}: its trials must share one teacher")
-    teacher = make_teacher(claim, data, cache_dir, None, 0, progress, installed=model, installed_from=weights)
+    teacher = make_teacher(
+        claim, data, cache_dir, None, 0, progress, installed=model, installed_from=weights, installed_accuracy=val_accuracy
+    )
     if teacher is None:
         raise SearchError(f"study {study}'s teacher was taken over by another worker while it was installed")
     return teacher

@@ -126,9 +126,15 @@ def test_a_teacher_installed_into_a_study_is_the_one_its_workers_load(tmp_path, 
     from search.study.storage import Store
     from search.study.teacher_store import TeacherStore
 
+    from search import shared_teacher
+
     monkeypatch.chdir(tmp_path)
     torch.save(teacher.model.state_dict(), tmp_path / "trained.pt")
+    passes = []
+    validate = shared_teacher.validation_accuracy
+    monkeypatch.setattr(shared_teacher, "validation_accuracy", lambda *a: passes.append(1) or validate(*a))
     assert nas.main(["teacher", "--study", "s", "--weights", "trained.pt", "--cache-dir", "cache"]) == 0
+    assert len(passes) == 1  # checked once, before anything is written (on CIFAR-10: 70 s a pass)
     out = capsys.readouterr().out
     store = Store("sqlite:///studies/s/study.db")
     installed = stored_teacher(TeacherStore(store), "s", digits, tmp_path / "elsewhere")
