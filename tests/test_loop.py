@@ -228,8 +228,16 @@ class CtrlCLostInAFinalizer(SleepyObjective):
         return super().run(trial, x)
 
 
-def test_a_ctrl_c_that_a_finalizer_swallowed_still_stops_the_search(sqlite_url):
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own SIGINT handler, as in a terminal: a run started in the background
+    (nohup, CI) inherits SIGINT ignored."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_a_ctrl_c_that_a_finalizer_swallowed_still_stops_the_search(sqlite_url, ctrl_c_raises):
     create_study(sqlite_url)
     study = optuna.load_study(study_name=STUDY, storage=open_storage(sqlite_url))
     lock = TrialStartLock(sqlite_url, STUDY)
