@@ -128,7 +128,7 @@ class Dataset:
             "fingerprint": self.fingerprint(),
             # Apart from the fingerprint, which keys teachers cached before the test split was
             # part of the identity: a study's test accuracies are as much its data as its training.
-            "test_fingerprint": _content_hash(self.name, self.test),
+            "test_fingerprint": self.identity().partition(":")[2],
         }
 
     def fingerprint(self) -> str:
@@ -136,9 +136,10 @@ class Dataset:
         return _content_hash(self.name, self.train, self.val)
 
     def identity(self) -> str:
-        """Identifies this whole copy, test split included: what a study's teacher records
-        of the data it was made for, which may be the study's first record of its data."""
-        return _content_hash(self.name, self.train, self.val, self.test)
+        """Identifies this whole copy, test split included, as ``<training and validation
+        fingerprint>:<test fingerprint>``: what a study's teacher records of the data it was
+        made for, which may be the study's first record of its data (``identity_difference``)."""
+        return f"{self.fingerprint()}:{_content_hash(self.name, self.test)}"
 
 
 def _content_hash(name: str, *splits: Split) -> str:
@@ -179,6 +180,19 @@ def data_difference(study: dict, here: dict) -> str | None:
                 f"content differs: the {what} images or labels are not the study's, though as many "
                 f"(fingerprint {here[key]} here, {study[key]} in the study)"
             )
+    return None
+
+
+def identity_difference(recorded: str, data: Dataset) -> str | None:
+    """Which of ``data``'s splits are not those of the ``recorded`` ``Dataset.identity()``,
+    in a few words; None when they are the same. A record made before the test split was
+    part of the identity holds the training and validation fingerprint alone."""
+    train_val, _, test = recorded.partition(":")
+    here_train_val, _, here_test = data.identity().partition(":")
+    if train_val != here_train_val:
+        return f"the training or validation images or labels differ (fingerprint {here_train_val} here, {train_val} recorded)"
+    if test and test != here_test:
+        return f"the test images or labels differ (fingerprint {here_test} here, {test} recorded)"
     return None
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import Dataset, DatasetError, Split
+from .data import Dataset, DatasetError, Split, identity_difference
 from .progress import SearchProgress
 from .stages.teacher import (
     NearChance,
@@ -210,10 +210,10 @@ def check_teacher_data(url: str, study: str, data: Dataset) -> None:
 
 
 def _check_made_for(study: str, record: TeacherRecord, data: Dataset) -> None:
-    if record.data_fingerprint != data.identity():
+    difference = identity_difference(record.data_fingerprint or "", data)
+    if difference is not None:
         raise DatasetError(
-            f"study {study}'s teacher was made for other data (fingerprint {record.data_fingerprint}, "
-            f"here {data.identity()}): use the data it was made for, or another --study"
+            f"study {study}'s teacher was made for other data: {difference}; use the data it was made for, or another --study"
         )
 
 

@@ -14,7 +14,9 @@ from PIL import Image
 
 from cifar_subset import CIFAR10_CLASSES, extract_cifar10_subset
 from conftest import ROOT
-from search.data import DatasetError, Split, balanced_subset, check_dataset_name, data_difference, load_dataset
+from search.data import (
+    DatasetError, Split, balanced_subset, check_dataset_name, data_difference, identity_difference, load_dataset,
+)
 
 # Class -> its dominant colour channel: a class is recognisable from its pixels after loading.
 CHANNELS = {"blue": 2, "green": 1, "red": 0}
@@ -305,6 +307,25 @@ def test_the_difference_between_two_copies_of_a_data_set_is_named_plainest_first
     labels[0] = (labels[0] + 1) % 10  # one test label
     relabelled = replace(digits, test=replace(digits.test, y=labels))
     assert data_difference(study, relabelled.record()).startswith("content differs: the test images or labels")
+
+
+def test_a_teacher_s_record_of_its_data_names_the_split_that_differs(digits):
+    """What a study's teacher records of its data (``Dataset.identity``), which may be the
+    study's only record when it was installed before any worker ran."""
+    assert identity_difference(digits.identity(), digits) is None
+    pixels = digits.val.pixels.clone()
+    pixels[0, 0, 0, 0] += 1
+    other_val = replace(digits, val=replace(digits.val, pixels=pixels))
+    assert identity_difference(digits.identity(), other_val).startswith("the training or validation images")
+    labels = digits.test.y.clone()
+    labels[0] = (labels[0] + 1) % 10
+    other_test = replace(digits, test=replace(digits.test, y=labels))
+    test_here, test_recorded = other_test.identity().partition(":")[2], digits.identity().partition(":")[2]
+    assert identity_difference(digits.identity(), other_test) == \
+        f"the test images or labels differ (fingerprint {test_here} here, {test_recorded} recorded)"
+    # A teacher published before the test split was part of the identity recorded the first part alone.
+    assert identity_difference(digits.fingerprint(), other_test) is None
+    assert identity_difference(digits.fingerprint(), other_val) is not None
 
 
 def test_a_study_recorded_by_an_earlier_version_is_compared_on_what_it_recorded(digits):

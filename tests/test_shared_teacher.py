@@ -133,5 +133,5 @@ def test_a_teacher_trained_near_chance_is_refused_for_the_whole_study_until_one_
 def test_a_study_s_teacher_is_not_loaded_for_other_data(teachers, digits, cache_dir, tmp_path):
     study_teacher(teachers, "s", digits, cache_dir)
     other = replace(digits, val=digits.val.take(torch.arange(100)))
-    with pytest.raises(DatasetError, match=f"study s's teacher was made for other data .*here {other.identity()}"):
+    with pytest.raises(DatasetError, match=f"study s's teacher was made for other data: the training or validation .* \\(fingerprint {other.fingerprint()} here"):
         study_teacher(teachers, "s", other, tmp_path)
