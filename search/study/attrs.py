@@ -42,6 +42,9 @@ TRAINED_WEIGHTS = "trained_weights_sha256"  # baselines: the trained, unpruned w
 TRAINED_BY = "trained_by"  # a baseline that took the weights of its twin (same network, other quantization)
 PROBE = "probe"  # {"latency_ms", "size_kb"} of the untrained network of the final shape, measured before training
 FINETUNE_SECONDS = "finetune_seconds"  # of seconds_prune: the fine-tunes' training
+# Own-model trials: per prune step, [held-out accuracy before its fine-tune, after]; the
+# fine-tune was undone where after < before (objective.prune_and_finetune).
+FINETUNE_JUDGED = "finetune_judged"
 CURVE_SECONDS = "curve_seconds"  # of seconds_train: evaluating the learning curve
 REPEAT_OF = "repeat_of"  # the number of an earlier trial with the same candidate: not trained again
 RETRIED_FROM = "retried_from"  # the number of the trial whose worker died: this one runs its candidate again

@@ -19,9 +19,11 @@ SAMPLERS = ("tpe", "nsga2", "random")
 # Settings that name something on the worker's own machine: a worker joining a study may
 # give another path; what must be the same (the weights' content) is checked by its hash.
 MACHINE_LOCAL = {"weights"}
-# The fine-tune's peak learning rate for one's own, trained network unless given: the
-# search's 0.01 suits networks trained from scratch, and would first undo trained weights.
-OWN_MODEL_LR = 0.001
+# The fine-tune's peak learning rate (AdamW) for one's own, trained network unless given:
+# the search's 0.01 suits networks trained from scratch. On the shared CIFAR-10 ResNet-18
+# (2,500 images, one epoch), 0.001 took the unpruned original from 85.3% to 75.1% and a
+# uniform 0.3 prune to 70.1% (78.2% before its fine-tune); 0.0001 gave 84.8% and 80.5%.
+OWN_MODEL_LR = 0.0001
 
 
 class ConfigError(ValueError):
@@ -69,7 +71,7 @@ class StudyConfig:
     finetune_epochs: float = _setting(4.0, "distillation fine-tune after pruning, spread over the prune steps")
     prune_steps: int = _setting(1, "iterative pruning steps, fine-tuning between them")
     batch_size: int = _setting(128, "training batch size")
-    lr: float = _setting(0.01, "peak learning rate of the one-cycle schedule (0.001 with --model)", metavar="LR")
+    lr: float = _setting(0.01, "peak learning rate of the one-cycle schedule (0.0001 with --model)", metavar="LR")
     alpha: float = _setting(0.3, "distillation weight: (1-A)*CE + A*T^2*KL", metavar="A")  # the seed recipe's
     temperature: float = _setting(4.0, "distillation temperature", metavar="T")
     teacher_epochs: int = _setting(0, "teacher training epochs (0: by data set size)")

@@ -13,6 +13,7 @@ The steps that turn a candidate into a deployed file (:func:`train_config`,
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import math
@@ -258,10 +259,16 @@ def prune_and_finetune(
     example: torch.Tensor,
     on_progress=None,
     checkpoint_of: Callable[[int], Checkpoint] | None = None,
+    held_out: Split | None = None,
+    on_judged: Callable[[float, float], None] | None = None,
 ) -> float:
     """The candidate's own pruning, in ``cfg.prune_steps`` steps, each followed by its share
     of ``finetune_epochs`` of distillation on ``images``; ``checkpoint_of(step)``, if given,
-    keeps each fine-tune's state (see ``fit``). Returns the seconds spent fine-tuning."""
+    keeps each fine-tune's state (see ``fit``). With ``held_out`` images (none of
+    ``images``), a fine-tune that lowers the accuracy on them is undone, and
+    ``on_judged(before, after)`` told: a trained network pruned lightly can lose more to a
+    short fine-tune on a few images than the pruning cost it. Returns the seconds spent
+    fine-tuning."""
     stage_ratios = getattr(comp, "stage_ratios", ())  # a ModelCompression may prune each stage its own share
     if max(stage_ratios, default=comp.prune_ratio) <= 0:
         return 0.0
@@ -273,12 +280,24 @@ def prune_and_finetune(
         if per_step > 0:
             start = time.perf_counter()
             checkpoint = checkpoint_of(step) if checkpoint_of is not None else None
+            if held_out is not None:
+                before, weights = held_out_accuracy(m, held_out), copy.deepcopy(m.state_dict())
             fit(m, images, train_config(cfg, per_step, trial_number), logits, on_progress, checkpoint)
+            if held_out is not None:
+                after = held_out_accuracy(m, held_out)
+                if after < before:
+                    m.load_state_dict(weights)
+                if on_judged is not None:
+                    on_judged(before, after)
             seconds += time.perf_counter() - start
 
     bn_data = images.batch(slice(0, BN_SAMPLES)).cpu()
     prune(model, comp.prune_ratio, comp.channel_round, example, cfg.prune_steps, bn_data, finetune, stage_ratios)
     return seconds
+
+
+def held_out_accuracy(model: torch.nn.Module, images: Split) -> float:
+    return accuracy(predict_logits(model, images), images.y.cpu())
 
 
 def file_metadata(data: Dataset) -> dict:
