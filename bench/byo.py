@@ -1,7 +1,7 @@
 """Bring your own model: a network one already has, before and after the tool compresses it.
 
     python bench/byo.py [mobilenet-v2] [--size 224] [--rounds 5]
-    python bench/byo.py resnet18-cifar [--trials 30] [--train-subset 5000] [--finetune-epochs 1]
+    python bench/byo.py resnet18-cifar [--trials 30] [--train-subset 5000] [--finetune-epochs 1] [--try COMPRESSION ...]
 
 mobilenet-v2 (the seed tutorial's comparison): torchvision's ``mobilenet_v2`` (1000
 classes, weights=None: random weights, since nothing is downloaded; latency and size do
@@ -16,7 +16,10 @@ CIFAR-10 ResNet-18 (``../shared/models/resnet18-cifar10.pt``, 83.9% test) for TR
 complete trials (the two baselines among them), then its front against the fp32
 original: size ratio, latency ratio (re-timed together) and test accuracy delta, and
 whether a member meets issue 14's goal (>= 4x smaller, >= 2x faster, <= 1 point less
-test accuracy). ResNet-18 fine-tunes at about 20 min per CIFAR-10 epoch on 2 CPU cores:
+test accuracy). ``--try`` enqueues compressions an engineer would try by hand (for
+example ``prune0-0-0-0.1_round8_int8-static/minmax/256``: a tenth of the last stage's
+channels) right after the baselines, into a new study only; the table marks them, so
+what the search found and what was handed to it stay apart. ResNet-18 fine-tunes at about 20 min per CIFAR-10 epoch on 2 CPU cores:
 --train-subset and --finetune-epochs size a trial.
 """
 
@@ -43,6 +46,7 @@ from search.study.baselines import CALIB_METHOD
 from search.targets import get_target
 
 STUDY = "cifar10-resnet18"  # studies/cifar10-resnet18.toml
+HAND_PICKED = "hand_picked"  # trial attribute of a --try candidate
 GOAL = {"size_ratio": 4.0, "latency_ratio": 2.0, "accuracy_drop": 0.01}
 
 
@@ -96,13 +100,23 @@ def mobilenet_v2(size: int, rounds: int, runs: int, calib: int) -> None:
                 "rounds": {n: [round(v, 3) for v in m] for n, m in medians.items()}})
 
 
-def resnet18_cifar(trials: int, train_subset: int, finetune_epochs: float) -> None:
+def resnet18_cifar(trials: int, train_subset: int, finetune_epochs: float, hand_picked: list[str]) -> None:
     from search.cli import TerminalProgress
     from search.runner import SearchRequest, load_study_data, run_search
-    from search.study.storage import existing_study, open_study, study_config
+    from search.study.storage import existing_study, open_study, plan_study, study_config
+    from spaces.compression_only import model_compression_params, parse_model_compression
 
     os.chdir(ROOT)  # the study's settings are studies/cifar10-resnet18.toml, its paths relative to the project
     explicit = {"train_subset": train_subset, "finetune_epochs": finetune_epochs}
+    if hand_picked:
+        if plan_study(STUDY, None, {}).exists:
+            sys.exit(f"--try enqueues into a new study only: remove studies/{STUDY}/ first")
+        comps = [parse_model_compression(c) for c in hand_picked]  # a typo stops here, before the baselines train
+        run_search(SearchRequest(budget=2, explicit=explicit, study=STUDY), TerminalProgress())  # the two originals
+        plan = existing_study(STUDY, None)
+        study, _ = open_study(plan, plan.config.resolution)
+        for text, comp in zip(hand_picked, comps):
+            study.enqueue_trial(model_compression_params(comp), user_attrs={HAND_PICKED: text})
     report = run_search(SearchRequest(budget=trials, explicit=explicit, study=STUDY), TerminalProgress())
     plan = existing_study(STUDY, None)
     study, store = open_study(plan, plan.config.resolution)
@@ -113,6 +127,7 @@ def resnet18_cifar(trials: int, train_subset: int, finetune_epochs: float) -> No
         sys.exit("the study has no complete original-fp32 baseline to compare with")
     test = {p.number: p.test_accuracy for p in report.front if p.test_accuracy is not None}
     test.setdefault(original.number, onnx_accuracy(store.get_model(original.onnx_sha256), data.test))
+    picked = {t.number for t in study.get_trials(deepcopy=False) if HAND_PICKED in t.user_attrs}
     rows, met = [], []
     for p in [original, *(p for p in report.front if p.number != original.number)]:
         if p.number not in test:
@@ -122,7 +137,7 @@ def resnet18_cifar(trials: int, train_subset: int, finetune_epochs: float) -> No
         delta = test[p.number] - test[original.number]
         if size_ratio >= GOAL["size_ratio"] and latency_ratio >= GOAL["latency_ratio"] and -delta <= GOAL["accuracy_drop"]:
             met.append(p.number)
-        rows.append([p.number, p.baseline or p.compression, f"{p.size_kb:.0f}", f"{size_ratio:.2f}x",
+        rows.append([p.number, p.baseline or p.compression + (" (hand-picked)" if p.number in picked else ""), f"{p.size_kb:.0f}", f"{size_ratio:.2f}x",
                      f"{p.fair_latency_ms:.3f}", f"{latency_ratio:.2f}x", f"{test[p.number]:.4f}", f"{100 * delta:+.2f}"])
     print_table(
         f"study {STUDY}: {len(report.points)} complete trials; the front against the fp32 original "
@@ -147,11 +162,13 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=30, help="resnet18-cifar: complete trials (default: %(default)s)")
     parser.add_argument("--train-subset", type=int, default=5000, help="resnet18-cifar: fine-tune images (default: %(default)s)")
     parser.add_argument("--finetune-epochs", type=float, default=1.0, help="resnet18-cifar: (default: %(default)s)")
+    parser.add_argument("--try", dest="hand_picked", action="append", default=[], metavar="COMPRESSION",
+                        help="resnet18-cifar: a compression string to enqueue after the baselines (repeatable)")
     args = parser.parse_args()
     if args.which == "mobilenet-v2":
         mobilenet_v2(args.size, args.rounds, args.runs, args.calib_samples)
     else:
-        resnet18_cifar(args.trials, args.train_subset, args.finetune_epochs)
+        resnet18_cifar(args.trials, args.train_subset, args.finetune_epochs, args.hand_picked)
 
 
 if __name__ == "__main__":
