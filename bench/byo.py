@@ -2,6 +2,7 @@
 
     python bench/byo.py [mobilenet-v2] [--size 224] [--rounds 5]
     python bench/byo.py resnet18-cifar [--trials 30] [--train-subset 5000] [--finetune-epochs 1] [--try COMPRESSION ...]
+    python bench/byo.py finetune [--train-subset 5000] [--val-images 2000]
 
 mobilenet-v2 (the seed tutorial's comparison): torchvision's ``mobilenet_v2`` (1000
 classes, weights=None: random weights, since nothing is downloaded; latency and size do
@@ -16,7 +17,11 @@ CIFAR-10 ResNet-18 (``../shared/models/resnet18-cifar10.pt``, 83.9% test) for TR
 complete trials (the two baselines among them), then its front against the fp32
 original: size ratio, latency ratio (re-timed together) and test accuracy delta, and
 whether a member meets issue 14's goal (>= 4x smaller, >= 2x faster, <= 1 point less
-test accuracy). ``--try`` enqueues compressions an engineer would try by hand (for
+test accuracy). finetune: what one epoch of a trial's distillation fine-tune on
+TRAIN_SUBSET images does to that ResNet-18, unpruned, with the last stage pruned by a
+tenth and with every layer pruned by 0.3: validation accuracy (the first VAL_IMAGES)
+with no fine-tune, and fine-tuned with AdamW at 0.001 and 0.0001 and SGD at 0.01.
+``--try`` enqueues compressions an engineer would try by hand (for
 example ``prune0-0-0-0.1_round8_int8-static/minmax/256``: a tenth of the last stage's
 channels) right after the baselines, into a new study only; the table marks them, so
 what the search found and what was handed to it stay apart. ResNet-18 fine-tunes at about 20 min per CIFAR-10 epoch on 2 CPU cores:
@@ -26,6 +31,7 @@ what the search found and what was handed to it stay apart. ResNet-18 fine-tunes
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import os
 import statistics
@@ -152,21 +158,66 @@ def resnet18_cifar(trials: int, train_subset: int, finetune_epochs: float, hand_
                          for r in rows]})
 
 
+def finetune_effect(train_subset: int, val_images: int) -> None:
+    from dataclasses import replace
+
+    from search.data import balanced_subset
+    from search.own_model import load_own_model
+    from search.runner import load_study_data
+    from search.stages.prune import prune
+    from search.stages.train import accuracy, fit, predict_logits
+    from search.study.config import resolve
+    from search.study.objective import BN_SAMPLES, train_config
+
+    os.chdir(ROOT)
+    cfg = resolve(STUDY, {}, None)  # studies/cifar10-resnet18.toml over the defaults
+    data = load_study_data(cfg, None, "studies/.cache", False)
+    own = load_own_model(cfg.model, cfg.weights, data.num_classes, data.val.batch(slice(0, 1)))
+    proxy = data.train.take(balanced_subset(data.train.y, train_subset, cfg.seed))
+    val = data.val.take(torch.arange(min(val_images, len(data.val))))
+    logits = predict_logits(own.network, proxy)
+    example, bn_data = data.val.batch(slice(0, 1)), proxy.batch(slice(0, BN_SAMPLES))
+    prunings = {"unpruned": None, "last stage pruned by 0.1": (0.0, (0, 0, 0, 0.1)), "every layer pruned by 0.3": (0.3, ())}
+    tunings = {"no fine-tune": None, "AdamW 0.001": ("adamw", 0.001), "AdamW 0.0001": ("adamw", 0.0001),
+               "SGD 0.01": ("sgd", 0.01)}
+    rows = []
+    for name, pruning in prunings.items():
+        row = [name]
+        for tuning in tunings.values():
+            model = copy.deepcopy(own.network)
+            if pruning is not None:
+                prune(model, pruning[0], 8, example, 1, bn_data, None, pruning[1])
+            if tuning is not None:
+                fit(model, proxy, replace(train_config(cfg, 1.0, 2), optimizer=tuning[0], lr=tuning[1]), logits)
+            row.append(f"{accuracy(predict_logits(model, val), val.y):.4f}")
+            log(f"{name}: {row[-1]}")
+        rows.append(row)
+    print_table(
+        f"{cfg.model} on {len(val)} validation images: one epoch of distillation on {len(proxy)} training images",
+        ["network", *tunings], rows,
+    )
+    print_json({"bench": "byo-finetune", "train_subset": len(proxy), "val_images": len(val),
+                "rows": [dict(zip(["network", *tunings], r)) for r in rows]})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", nargs="?", default="mobilenet-v2", choices=("mobilenet-v2", "resnet18-cifar"))
+    parser.add_argument("which", nargs="?", default="mobilenet-v2", choices=("mobilenet-v2", "resnet18-cifar", "finetune"))
     parser.add_argument("--size", type=int, default=224, help="mobilenet-v2: input size (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=5, help="mobilenet-v2: interleaved rounds (default: %(default)s)")
     parser.add_argument("--runs", type=int, default=30, help="mobilenet-v2: runs per variant per round (default: %(default)s)")
     parser.add_argument("--calib-samples", type=int, default=64, help="mobilenet-v2: (default: %(default)s)")
     parser.add_argument("--trials", type=int, default=30, help="resnet18-cifar: complete trials (default: %(default)s)")
-    parser.add_argument("--train-subset", type=int, default=5000, help="resnet18-cifar: fine-tune images (default: %(default)s)")
+    parser.add_argument("--train-subset", type=int, default=5000, help="resnet18-cifar and finetune: fine-tune images (default: %(default)s)")
     parser.add_argument("--finetune-epochs", type=float, default=1.0, help="resnet18-cifar: (default: %(default)s)")
+    parser.add_argument("--val-images", type=int, default=2000, help="finetune: validation images (default: %(default)s)")
     parser.add_argument("--try", dest="hand_picked", action="append", default=[], metavar="COMPRESSION",
                         help="resnet18-cifar: a compression string to enqueue after the baselines (repeatable)")
     args = parser.parse_args()
     if args.which == "mobilenet-v2":
         mobilenet_v2(args.size, args.rounds, args.runs, args.calib_samples)
+    elif args.which == "finetune":
+        finetune_effect(args.train_subset, args.val_images)
     else:
         resnet18_cifar(args.trials, args.train_subset, args.finetune_epochs, args.hand_picked)
 
