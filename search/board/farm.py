@@ -36,9 +36,11 @@ from .timing import Measurement, TimingPlan
 # Boards of one kind differ by their run-to-run noise; one further off than this differs
 # in something that matters (its clock, cooling, load, a throttled core).
 REFERENCE_TOLERANCE = 0.10
-# Interleaved rounds, each board once a round, the median over rounds: a slow minute of
-# one board (or of the network) does not decide alone.
-REFERENCE_ROUNDS = 3
+# Interleaved rounds, each board once a round, every other round in reverse order, the
+# median over rounds: a slow minute of one board (or of the network) does not decide
+# alone. Two agents on one 2-core Xeon VM, whose speed drifts between phases 30% apart,
+# were 9-34% apart over 3 rounds and 0.5-5% over 7.
+REFERENCE_ROUNDS = 7
 REFERENCE_PLAN = TimingPlan(sessions=1, warmup_runs=5, warmup_seconds=0.1, min_runs=20, min_seconds=0.3,
                             max_runs=1000, max_seconds=5.0)
 
@@ -79,8 +81,8 @@ class BoardFarm:
     def reference_latencies(self, reference: bytes) -> dict[str, float]:
         """Each board's p50 of the ``reference`` model: the median over interleaved rounds."""
         p50s: dict[str, list[float]] = {b.device: [] for b in self.boards}
-        for _ in range(REFERENCE_ROUNDS):
-            for board in self.boards:
+        for round_ in range(REFERENCE_ROUNDS):
+            for board in self.boards if round_ % 2 == 0 else reversed(self.boards):
                 p50s[board.device].append(board.measure(reference, REFERENCE_PLAN).stats.p50_ms)
         return {device: statistics.median(values) for device, values in p50s.items()}
 
