@@ -1,6 +1,6 @@
 """Does the search beat random sampling and the hand-designed baselines, and what does early stopping save?
 
-    python bench/search.py fronts [--samplers nsga2,tpe,random] [--seeds 0,1,2] [--budget 50]
+    python bench/search.py fronts [--samplers nsga2,tpe,random,tpe:n_startup_trials=8] [--seeds 0,1,2] [--budget 50]
                                   [--early-stop off|on|both] [--no-baselines]
     python bench/search.py sampler-overhead [--trials 1000] [--samplers nsga2,tpe]
     python bench/search.py trial-overhead --study NAME [--storage URL]
@@ -8,7 +8,8 @@
     python bench/search.py latency-drift --study NAME [--storage URL] [--rounds 5]
 
 ``fronts`` runs one digits study (default settings, as ``make search``) per sampler, seed
-and early-stop setting, in studies/bench-search/ (a rerun resumes and reuses them), and
+and early-stop setting (a sampler named with keyword arguments, ``tpe:n_startup_trials=8``,
+is that setting tried before it becomes a default), in studies/bench-search/ (a rerun resumes and reuses them), and
 reports for each: the hypervolume of its feasible front, complete trials, wall time of
 the trial loop, and which baselines the front does not dominate. Objectives for the
 hypervolume: validation error (1 - accuracy), latency and size, each divided by the
@@ -81,11 +82,51 @@ def counted(trials):
     return [t for t in trials if loop.counts_towards_budget(t)]
 
 
-def run_study(name: str, sampler: str, seed: int, budget: int, early: bool, baselines: bool) -> list:
+def sampler_variant(spec: str) -> tuple[str, dict]:
+    """``tpe`` or ``tpe:n_startup_trials=2:gamma_fraction=0.25``: the study's sampler and
+    keyword arguments for it that no study setting offers, to try a setting before it
+    becomes a default (``gamma_fraction`` F: TPE's "good" group is the best F of the trials)."""
+    name, *items = spec.split(":")
+    kwargs = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        kwargs[key] = float(value) if "." in value else int(value)
+    return name, kwargs
+
+
+def variant_sampler(name: str, kwargs: dict):
+    """``loop.make_sampler`` with ``kwargs`` added for sampler ``name``."""
+    made_by = loop.make_sampler
+
+    def make(config, worker_slot, n_existing):
+        sampler = made_by(config, worker_slot, n_existing)
+        if not kwargs:
+            return sampler
+        extra = dict(kwargs)
+        if "gamma_fraction" in extra:
+            fraction = extra.pop("gamma_fraction")
+            extra["gamma"] = lambda n: min(int(np.ceil(fraction * n)), 25)
+        seed = config.seed + loop.WORKER_SEED_STRIDE * worker_slot + n_existing
+        if name == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, **extra)
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, **{"population_size": config.population, **extra})
+        raise SystemExit(f"bench/search.py: no keyword arguments for sampler {name}")
+
+    return make
+
+
+def run_study(name: str, spec: str, seed: int, budget: int, early: bool, baselines: bool) -> list:
+    sampler, kwargs = sampler_variant(spec)
     explicit = {"sampler": sampler, "seed": seed, "early_stop": early, "baselines": baselines}
-    log(f"study {name}: {explicit}, budget {budget}")
-    run_search(SearchRequest(budget=budget, explicit=explicit, study=name,
-                             storage=f"sqlite:///{WORK}/{name}.db"), SearchProgress())
+    log(f"study {name}: {explicit} {kwargs or ''}, budget {budget}")
+    default = loop.make_sampler
+    loop.make_sampler = variant_sampler(sampler, kwargs)
+    try:
+        run_search(SearchRequest(budget=budget, explicit=explicit, study=name,
+                                 storage=f"sqlite:///{WORK}/{name}.db"), SearchProgress())
+    finally:
+        loop.make_sampler = default
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{WORK}/{name}.db")
     return study.get_trials(deepcopy=False)
 
@@ -117,7 +158,8 @@ def cmd_fronts(args) -> None:
     for sampler in args.samplers.split(","):
         for seed in map(int, args.seeds.split(",")):
             for early in settings:
-                name = f"{sampler}-s{seed}-{'es' if early else 'full'}{'' if args.baselines else '-nob'}"
+                label = sampler.replace(":", "-").replace("=", "")
+                name = f"{label}-s{seed}-{'es' if early else 'full'}{'' if args.baselines else '-nob'}"
                 if args.only_existing and not (WORK / f"{name}.db").exists():
                     continue
                 trials = run_study(name, sampler, seed, args.budget, early, args.baselines)
@@ -126,7 +168,7 @@ def cmd_fronts(args) -> None:
                 hv = hypervolume(normalised(counted(trials)))
                 missed = [p.baseline for p in report.baselines if not p.on_front and dominated_by(p, report.front) is None]
                 entry = {
-                    "sampler": sampler, "seed": seed, "early_stop": early, "hypervolume": round(hv, 5),
+                    "sampler": label, "seed": seed, "early_stop": early, "hypervolume": round(hv, 5),
                     "complete": len(counted(trials)), "stopped": report.n_stopped, "front": len(report.front),
                     "loop_s": round(loop_seconds(trials), 1), "baselines_not_dominated": missed,
                     "feasible": len(feasible),
@@ -360,7 +402,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fronts")
-    f.add_argument("--samplers", default="tpe,nsga2,random")
+    f.add_argument("--samplers", default="tpe,nsga2,random",
+                   help="comma-separated; a sampler may carry keyword arguments, e.g. tpe:n_startup_trials=8:gamma_fraction=0.25")
     f.add_argument("--seeds", default="0,1,2")
     f.add_argument("--budget", type=int, default=50)
     f.add_argument("--early-stop", choices=("off", "on", "both"), default="both")

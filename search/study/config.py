@@ -77,7 +77,8 @@ class StudyConfig:
     teacher_epochs: int = _setting(0, "teacher training epochs (0: by data set size)")
     calib_samples: int = _setting(256, "int8-static calibration samples, from the training split")
     # TPE: over 5 seeds of 50 digits trials, its front's hypervolume beat random sampling's in every
-    # seed (median 1.08x) where NSGA-II's, still in its first generations, did not (0.85x); BENCHMARKS.md.
+    # seed (median 1.08x on an AMD, 1.28x over 4 seeds on a Xeon) where NSGA-II's, still in its first
+    # generations, did not (0.85x); a larger good group (gamma 25%) did worse (1.04x). BENCHMARKS.md.
     sampler: str = _setting("tpe", "Optuna sampler: tpe (multivariate), nsga2 or random", metavar="NAME", choices=SAMPLERS)
     population: int = _setting(16, "NSGA-II generation size (50 trials make three generations)")
     seed: int = _setting(0, "seed of the sampler and of training")
