@@ -106,7 +106,7 @@ def variant_sampler(name: str, kwargs: dict):
         if "gamma_fraction" in extra:
             fraction = extra.pop("gamma_fraction")
             extra["gamma"] = lambda n: min(int(np.ceil(fraction * n)), 25)
-        seed = config.seed + loop.WORKER_SEED_STRIDE * worker_slot + n_existing
+        seed = loop.sampler_seed(config, worker_slot, n_existing)
         if name == "tpe":
             return optuna.samplers.TPESampler(seed=seed, multivariate=True, **extra)
         if name == "nsga2":

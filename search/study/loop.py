@@ -66,13 +66,17 @@ def make_sampler(config: StudyConfig, worker_slot: int, n_existing: int) -> optu
     ``--seed`` itself, so a single-worker study is reproducible; every later worker
     (another machine, or a rerun after a crash) has a seed of its own, so workers
     started together do not draw in lockstep."""
-    seed = config.seed + WORKER_SEED_STRIDE * worker_slot + n_existing
+    seed = sampler_seed(config, worker_slot, n_existing)
     # Hard limits reach the samplers through trial.set_constraint in the objective.
     if config.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=config.population, seed=seed)
     if config.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True)
     return optuna.samplers.RandomSampler(seed=seed)
+
+
+def sampler_seed(config: StudyConfig, worker_slot: int, n_existing: int) -> int:
+    return config.seed + WORKER_SEED_STRIDE * worker_slot + n_existing
 
 
 def counts_towards_budget(trial: FrozenTrial) -> bool:
