@@ -6,6 +6,7 @@
     python bench/search.py trial-overhead --study NAME [--storage URL]
     python bench/search.py margins [--margins 0.01,0.02,0.03,0.05]
     python bench/search.py latency-drift --study NAME [--storage URL] [--rounds 5]
+    python bench/search.py plans --study NAME [--plans default,threads=0] [--rounds 5]
 
 ``fronts`` runs one digits study (default settings, as ``make search``) per sampler, seed
 and early-stop setting (a sampler named with keyword arguments, ``tpe:n_startup_trials=8``,
@@ -37,6 +38,16 @@ machine, every file once a round (``search.report.retime``), and compares each w
 the latency the search recorded for it: how far the figures the samplers learned from
 were off.
 
+``plans`` times every stored file of a finished study by several timing plans
+(``default`` is ``TimingPlan()`` with the study's target; others name the fields they
+change, ``warmup_seconds=0.2:max_runs=2000``, or the target's ONNX Runtime threads,
+``threads=0``: one per core), every file by every plan once a round, the plans'
+order rotating, ``--rounds`` rounds: the seconds a measurement costs, each plan's p50
+against the default's (median over rounds), how much a file's p50 moves between rounds
+(CV), and how well one measurement orders the files (Kendall tau of each round's p50s
+against the first plan's medians over all rounds, and against the plan's own: the median
+over rounds): what a cheaper plan gives up, and how steady a plan is.
+
 ``sampler-overhead`` runs the trial loop with a fake objective (the real compact space's
 parameters, values a cheap function of them) to ``--trials`` complete trials in one SQLite
 study (``--storage sqlite``) or in memory (the default: the samplers' own cost, without
@@ -49,21 +60,26 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import replace
 
 import numpy as np
 import optuna
 from common import ROOT, log, print_json, print_table
 from optuna.trial import TrialState
+from scipy.stats import kendalltau
 
+from search.board.timing import TimingPlan
 from search.progress import SearchProgress
 from search.report.front import build_report, dominated_by
 from search.report.hypervolume import Scaling, hypervolume, objective_points
+from search.report.retime import retime
 from search.runner import SearchRequest, run_search
+from search.stages.measure import LocalMeasurer
 from search.study import attrs, early_stop, loop
 from search.study.config import StudyConfig
-from search.study.storage import TrialStartLock, open_storage
+from search.study.storage import Store, TrialStartLock, open_storage
 from spaces import get_space, sample_arch, sample_compression
-from search.targets import get_target
+from search.targets import Target, get_target
 
 REFERENCE = {"error": 1.0, "latency_ms": 1.0, "size_kb": 1024.0}
 WORK = ROOT / "studies" / "bench-search"
@@ -366,17 +382,20 @@ def cmd_margins(args) -> None:
     print_json(result)
 
 
-def cmd_latency_drift(args) -> None:
-    from search.report.retime import retime
-    from search.stages.measure import LocalMeasurer
-    from search.study.storage import Store
-
+def stored_files(args) -> tuple[list, dict[int, bytes], Target]:
+    """The trained trials of study ``args.study`` (complete, not repeats, their deployed file
+    in the study's store), their files by trial number, and the study's target."""
     url = args.storage or f"sqlite:///{ROOT}/studies/{args.study}/study.db"
     trials = [t for t in counted(optuna.load_study(study_name=args.study, storage=url).get_trials(deepcopy=False))
               if attrs.ONNX_SHA256 in t.user_attrs]
     store = Store(url)
     models = {t.number: store.get_model(t.user_attrs[attrs.ONNX_SHA256]) for t in trials}
-    measurer = LocalMeasurer(get_target(trials[0].user_attrs.get(attrs.TARGET, "host")))
+    return trials, models, get_target(trials[0].user_attrs.get(attrs.TARGET, "host"))
+
+
+def cmd_latency_drift(args) -> None:
+    trials, models, target = stored_files(args)
+    measurer = LocalMeasurer(target)
     log(f"re-timing {len(models)} files, {args.rounds} interleaved rounds")
     retimed = retime(models, measurer, rounds=args.rounds)
     ratios = {t.number: t.user_attrs[attrs.LATENCY_P50] / retimed[t.number].p50_ms for t in trials}
@@ -391,6 +410,60 @@ def cmd_latency_drift(args) -> None:
                "over_1.25": sum(v > 1.25 for v in values), "under_0.8": sum(v < 0.8 for v in values)}
     print(f"ratio search / re-timed: {summary}")
     print_json({"study": args.study, "ratios": ratios, "summary": summary})
+
+
+def timing_plan(spec: str) -> tuple[dict, dict]:
+    """``default``, or what to change: TimingPlan's fields and the target's ``threads``
+    (``warmup_seconds=0.05:max_runs=1000``, ``threads=1``): (plan fields, target fields)."""
+    if spec == "default":
+        return {}, {}
+    changes = {k: float(v) if "." in v else int(v) for k, v in (item.split("=") for item in spec.split(":"))}
+    target = {k: changes.pop(k) for k in ("threads",) if k in changes}
+    return changes, target
+
+
+def cmd_plans(args) -> None:
+    _, models, target = stored_files(args)
+    specs = args.plans.split(",")
+    plans, measurers = {}, {}
+    for spec in specs:
+        plan_fields, target_fields = timing_plan(spec)
+        plans[spec] = replace(TimingPlan(), **plan_fields)
+        measurers[spec] = LocalMeasurer(replace(target, **target_fields))
+    log(f"timing {len(models)} files by {len(plans)} plans, {args.rounds} rounds")
+    p50 = {spec: {n: [] for n in models} for spec in specs}
+    seconds = {spec: 0.0 for spec in specs}
+    for round_ in range(args.rounds):
+        for i, (number, onnx) in enumerate(models.items()):
+            k = (round_ + i) % len(specs)
+            for spec in specs[k:] + specs[:k]:
+                start = time.perf_counter()
+                p50[spec][number].append(measurers[spec].measure(onnx, plans[spec]).stats.p50_ms)
+                seconds[spec] += time.perf_counter() - start
+    numbers = list(models)
+    reference = [statistics.median(p50[specs[0]][n]) for n in numbers]
+    rows, result = [], {}
+    for spec in specs:
+        medians = [statistics.median(p50[spec][n]) for n in numbers]
+        ratios = [m / r for m, r in zip(medians, reference)]
+        cvs = [statistics.stdev(v) / statistics.fmean(v) for v in p50[spec].values()]
+        taus = [kendalltau([p50[spec][n][r] for n in numbers], reference).statistic for r in range(args.rounds)]
+        own_taus = [kendalltau([p50[spec][n][r] for n in numbers], medians).statistic for r in range(args.rounds)]
+        result[spec] = {"seconds_a_measurement": round(seconds[spec] / (args.rounds * len(numbers)), 4),
+                        "p50_vs_first_median": round(statistics.median(ratios), 4),
+                        "p50_vs_first_range": [round(min(ratios), 3), round(max(ratios), 3)],
+                        "cv_median": round(statistics.median(cvs), 4), "cv_p90": round(float(np.percentile(cvs, 90)), 4),
+                        "tau_median": round(statistics.median(taus), 4), "tau_min": round(min(taus), 4),
+                        "own_tau_median": round(statistics.median(own_taus), 4)}
+        r = result[spec]
+        rows.append([spec, f"{r['seconds_a_measurement']:.3f}", f"{r['p50_vs_first_median']:.3f}",
+                     f"{r['p50_vs_first_range'][0]:.2f}-{r['p50_vs_first_range'][1]:.2f}",
+                     f"{100 * r['cv_median']:.1f}%", f"{100 * r['cv_p90']:.1f}%", f"{r['tau_median']:.3f}", f"{r['tau_min']:.3f}",
+                     f"{r['own_tau_median']:.3f}"])
+    print_table(f"Timing plans on the {len(models)} files of study {args.study}, {args.rounds} rounds",
+                ["plan", "s a measurement", f"p50 / {specs[0]}'s", "range over files", "CV median", "CV p90",
+                 f"tau vs {specs[0]} (median)", "tau (worst round)", "tau vs its own medians"], rows)
+    print_json({"study": args.study, "rounds": args.rounds, "plans": result})
 
 
 def _training_seconds(t) -> float:
@@ -423,9 +496,16 @@ def main() -> None:
     d.add_argument("--study", required=True)
     d.add_argument("--storage")
     d.add_argument("--rounds", type=int, default=5)
+    p = sub.add_parser("plans")
+    p.add_argument("--study", required=True)
+    p.add_argument("--storage")
+    p.add_argument("--plans", default="default,threads=0",
+                   help="comma-separated, the first the reference: 'default', or TimingPlan fields and the "
+                        "target's threads (0: one per core), e.g. warmup_seconds=0.2:max_runs=2000")
+    p.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     commands = {"fronts": cmd_fronts, "sampler-overhead": cmd_sampler_overhead, "trial-overhead": cmd_trial_overhead,
-                "margins": cmd_margins, "latency-drift": cmd_latency_drift}
+                "margins": cmd_margins, "latency-drift": cmd_latency_drift, "plans": cmd_plans}
     commands[args.command](args)
 
 

@@ -36,7 +36,7 @@ class Target:
     name: str
     description: str
     arch: str | None  # machine architecture the latency must come from; None: wherever the search runs
-    threads: int | None  # intra-op threads when timing; None: one per core of the measuring machine
+    threads: int | None  # intra-op threads when timing; None or 0: one per core of the measuring machine
     provider: str
     quant_modes: tuple[str, ...]
     activation_type: str  # int8 or uint8, for int8-static
@@ -88,9 +88,15 @@ def _cpu_target(name: str, description: str, arch: str | None, threads: int | No
 
 
 def _host_target() -> Target:
+    """This machine, timed on one thread. With a thread per core, a small network's p50 on a
+    2-core cloud VM (AMD EPYC) switched between two levels 2.4x apart, for seconds at a time:
+    the 50 files of a digits study varied by 28% (median CV) from one measurement to the
+    next, against 0.5% on one thread, whose p50s were also 0.67x as long (median); on
+    CIFAR-10-sized files a second thread gained 0-20% at its best, and varied by 13-37%
+    (BENCHMARKS.md). ``threads = 0`` in studies/targets.toml times with every core."""
     arch = normalise_arch(platform.machine())
     return _cpu_target(
-        "host", f"this machine ({arch}, {os.cpu_count()} cores)", arch=None, threads=None,
+        "host", f"this machine ({arch}, {os.cpu_count()} cores), one thread", arch=None, threads=1,
         activation_type="int8" if arch == "aarch64" else "uint8", channel_rounds=(4, 8),
         reduce_range=arch == "x86_64" and not _has_vnni(),
     )

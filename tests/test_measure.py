@@ -85,7 +85,8 @@ def test_local_measurer_times_a_real_file_and_says_where(models):
     assert m.measured_on["emulated"] is False
     m.measured_on["host"] = "elsewhere"  # a trial's record is its own copy
     assert measurer.machine["host"] != "elsewhere"
-    assert LocalMeasurer(HOST, QUICK).machine["threads"] == os.cpu_count()  # no thread count: one per core
+    assert LocalMeasurer(replace(HOST, threads=None), QUICK).machine["threads"] == os.cpu_count()  # one per core
+    assert LocalMeasurer(HOST, QUICK).machine["threads"] == 1  # the host profile times on one thread
 
 
 def test_local_identity_is_the_measuring_setup():
