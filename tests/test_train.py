@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from search.data import Split
-from search.stages.train import TrainConfig, TrainingDiverged, distillation_loss, fit
+from search.stages.train import TrainConfig, TrainingDiverged, distillation_loss, fit, predict_logits
 
 
 def _manual(student, teacher, labels, alpha, t):
@@ -92,3 +92,19 @@ def test_fit_handles_budgets_of_a_few_steps(epochs):
     data = _toy_split()
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
     assert math.isfinite(fit(model, data, TrainConfig(epochs=epochs, batch_size=16)))
+
+
+def test_predict_logits_are_the_model_s_own_in_either_layout():
+    # The images go in channels-last; the logits must be the plain forward pass's, and the
+    # model's own weights must stay in the layout they were in.
+    from spaces import build_model, parse_arch
+
+    torch.manual_seed(0)
+    model = build_model(parse_arch("in3-stem16_s2_hs-ir_k5_s2_x48_c24_se16_re-ir_k3_s1_x72_c24_hs-conv96_hs-cls10")).eval()
+    images = Split(torch.randn(40, 3, 16, 16), torch.zeros(40, dtype=torch.long))
+    with torch.no_grad():
+        expected = model(images.pixels)
+    torch.testing.assert_close(predict_logits(model, images, batch_size=16), expected, atol=1e-4, rtol=1e-4)
+    assert all(p.is_contiguous() for p in model.parameters())
+    model.to(memory_format=torch.channels_last)  # as fit trains it
+    torch.testing.assert_close(predict_logits(model, images, batch_size=16), expected, atol=1e-4, rtol=1e-4)
