@@ -1,6 +1,6 @@
 """Training step time in PyTorch's default (NCHW) layout against channels-last, side by side.
 
-    python bench/layout.py [--candidates 4] [--steps 10] [--rounds 3]
+    python bench/layout.py [--candidates 4] [--steps 10] [--rounds 3] [--eval]
 
 ``search.stages.train.fit`` trains in channels-last layout. This shows why, on the networks
 the search trains: MobileNetV3-Small baselines and random compact-space candidates at
@@ -8,6 +8,10 @@ digits' shape (1x8x8, batch 128), random mbv3-space candidates at CIFAR-10's (3x
 batch 128), and the ResNet-18 teacher (as ``build_teacher`` makes it) at both. Each network is timed in both layouts in
 interleaved rounds (AdamW steps after two warm-up steps; the median over rounds), so a
 phase of the machine favours neither; the ratio is default / channels-last.
+
+With ``--eval`` it times what ``predict_logits`` does instead (a learning-curve point, the
+accuracy after pruning): a pass over 2,000 images in batches of 512 without gradients,
+the weights left in the default layout and only the images in either layout.
 """
 
 from __future__ import annotations
@@ -57,12 +61,32 @@ def step_seconds(make, shape: tuple, layout, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
+EVAL_IMAGES = 2000
+
+
+@torch.no_grad()
+def pass_seconds(make, shape: tuple, layout, steps: int) -> float:
+    """Seconds of one pass over EVAL_IMAGES (the best of ``steps``), weights in the default layout."""
+    torch.manual_seed(0)
+    model = make().eval()
+    x = torch.randn(EVAL_IMAGES, *shape)
+    best = float("inf")
+    for _ in range(steps):
+        start = time.perf_counter()
+        for i in range(0, EVAL_IMAGES, 512):
+            model(x[i : i + 512].contiguous(memory_format=layout))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--candidates", type=int, default=4, help="random candidates per space")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--eval", action="store_true", help=f"time a pass over {EVAL_IMAGES} images without gradients instead")
     args = p.parse_args()
+    timed = pass_seconds if args.eval else step_seconds
     torch.set_flush_denormal(True)  # as fit() does
     nets = networks(args.candidates)
     times = {(name, layout): [] for name, _, _ in nets for layout in LAYOUTS}
@@ -70,15 +94,18 @@ def main() -> None:
         log(f"round {r + 1} of {args.rounds}")
         for name, make, shape in nets:
             for layout, fmt in LAYOUTS.items():
-                times[(name, layout)].append(step_seconds(make, shape, fmt, args.steps))
+                times[(name, layout)].append(timed(make, shape, fmt, args.steps))
     rows, results = [], {}
     for name, _, _ in nets:
         default, last = (statistics.median(times[(name, layout)]) for layout in LAYOUTS)
         results[name] = {"default_s": round(default, 4), "channels_last_s": round(last, 4), "ratio": round(default / last, 2)}
         rows.append([name, f"{default * 1000:.0f}", f"{last * 1000:.0f}", f"{default / last:.2f}"])
-    print_table(f"Training step, batch 128, ms (median of {args.rounds} interleaved rounds of {args.steps} steps)",
+    what = (f"Pass over {EVAL_IMAGES} images, batch 512, no gradients, ms (median of {args.rounds} interleaved rounds, "
+            f"each the best of {args.steps})" if args.eval else
+            f"Training step, batch 128, ms (median of {args.rounds} interleaved rounds of {args.steps} steps)")
+    print_table(what,
                 ["network", "default (NCHW)", "channels-last", "default / channels-last"], rows)
-    print_json({"torch": torch.__version__, "threads": torch.get_num_threads(), "networks": results})
+    print_json({"torch": torch.__version__, "threads": torch.get_num_threads(), "eval": args.eval, "networks": results})
 
 
 if __name__ == "__main__":

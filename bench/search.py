@@ -4,7 +4,7 @@
                                   [--early-stop off|on|both] [--no-baselines]
     python bench/search.py sampler-overhead [--trials 1000] [--samplers nsga2,tpe]
     python bench/search.py trial-overhead --study NAME [--storage URL]
-    python bench/search.py margins [--margins 0.01,0.02,0.03,0.05]
+    python bench/search.py margins [--margins 0.01,0.02,0.03,0.05] [--study NAME [--storage URL]]
     python bench/search.py latency-drift --study NAME [--storage URL] [--rounds 5]
     python bench/search.py plans --study NAME [--plans default,threads=0] [--rounds 5]
 
@@ -28,8 +28,8 @@ against the time spent training (proxy training less its learning-curve passes, 
 the fine-tunes); the rest (sampling, build, probe, prune surgery, export, quantize,
 evaluation, measurement, storage writes) is the overhead, by stage.
 
-``margins`` replays the early-stop rule over every study of ``fronts`` without it, once
-per ``MARGIN`` (the accuracy added to the largest gain seen): what each would stop, and
+``margins`` replays the early-stop rule over every study of ``fronts`` without it (or over
+one study's complete trials, ``--study``), once per ``MARGIN`` (the accuracy added to the largest gain seen): what each would stop, and
 how many front members.
 
 ``latency-drift`` takes every trained trial of a finished study (complete, not a repeat,
@@ -361,9 +361,13 @@ def cmd_trial_overhead(args) -> None:
 
 
 def cmd_margins(args) -> None:
-    """The early-stop rule replayed over every finished study without it in studies/bench-search/,
-    once per margin: trials it would stop, front members among them, training it would save."""
-    studies = {db.stem: _trials_of(db.stem) for db in sorted(WORK.glob("*-full.db"))}
+    """The early-stop rule replayed over every finished study without it in studies/bench-search/
+    (or over ``args.study``'s complete trials), once per margin: trials it would stop, front members among them, training it would save."""
+    if args.study:
+        url = args.storage or f"sqlite:///{ROOT}/studies/{args.study}/study.db"
+        studies = {args.study: optuna.load_study(study_name=args.study, storage=url).get_trials(deepcopy=False)}
+    else:
+        studies = {db.stem: _trials_of(db.stem) for db in sorted(WORK.glob("*-full.db"))}
     fractions = early_stop.curve_fractions(StudyConfig().epochs)
     rows, result = [], {}
     for margin in map(float, args.margins.split(",")):
@@ -492,6 +496,8 @@ def main() -> None:
     t.add_argument("--storage")
     m = sub.add_parser("margins")
     m.add_argument("--margins", default="0.01,0.02,0.03,0.05")
+    m.add_argument("--study", help="replay over this study's complete trials instead (studies/NAME/study.db)")
+    m.add_argument("--storage")
     d = sub.add_parser("latency-drift")
     d.add_argument("--study", required=True)
     d.add_argument("--storage")
