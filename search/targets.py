@@ -91,9 +91,9 @@ def _host_target() -> Target:
     """This machine, timed on one thread. With a thread per core, a small network's p50 on a
     2-core cloud VM (AMD EPYC) switched between two levels 2.4x apart, for seconds at a time:
     the 50 files of a digits study varied by 28% (median CV) from one measurement to the
-    next, against 0.5% on one thread, whose p50s were also 0.67x as long (median); on
-    CIFAR-10-sized files a second thread gained 0-20% at its best, and varied by 13-37%
-    (BENCHMARKS.md). ``threads = 0`` in studies/targets.toml times with every core."""
+    next, against 0.5% on one thread, whose p50s were also 0.67x as long (median); on the
+    40 files of a CIFAR-10 study, 42% against 0.3%, and a second thread was not faster at
+    the median (BENCHMARKS.md). ``threads = 0`` in studies/targets.toml times with every core."""
     arch = normalise_arch(platform.machine())
     return _cpu_target(
         "host", f"this machine ({arch}, {os.cpu_count()} cores), one thread", arch=None, threads=1,
