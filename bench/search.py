@@ -178,7 +178,9 @@ def cmd_fronts(args) -> None:
                 name = f"{label}-s{seed}-{'es' if early else 'full'}{'' if args.baselines else '-nob'}"
                 if args.only_existing and not (WORK / f"{name}.db").exists():
                     continue
-                trials = run_study(name, sampler, seed, args.budget, early, args.baselines)
+                # Existing studies are read as they are: resuming one would start a search (and a report).
+                trials = _trials_of(name) if args.only_existing else run_study(name, sampler, seed, args.budget, early,
+                                                                              args.baselines)
                 report = front_of(trials)
                 feasible = [p for p in report.points if p.feasible]
                 hv = hypervolume(normalised(counted(trials)))
