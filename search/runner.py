@@ -7,6 +7,7 @@ is checked before anything is written, so a bad command leaves no trace.
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 from spaces import get_space
 
 from .board.client import AgentError
+from .board.timing import measuring_setup, setup_difference
 from .data import (
     Dataset, DatasetError, Split, balanced_subset, check_dataset_name, data_difference, load_dataset, normalised_as,
 )
@@ -110,17 +112,20 @@ def run_search(request: SearchRequest, progress: SearchProgress = SearchProgress
     if config.model:
         return run_own_model_search(request, p, progress)
     data = load_dataset(config.dataset, request.data_dir, request.cache_dir, config.resolution, request.skip_bad_images)
-    check_same_data(p.plan.name, p.plan.data, data)  # before the study is opened: a refused worker writes nothing
+    # Before the study is opened: a refused worker writes nothing.
+    check_same_data(p.plan.name, p.plan.data, data)
+    check_same_setup(p.plan.name, p.plan.measuring_setup, p.measurer)
     check_teacher_data(p.plan.url, p.plan.name, data)
     announce_data(data, progress)
     study, store = open_study(p.plan, data.resolution)
-    # Under the start lock: of two workers starting a new study on different copies, one records its data,
-    # the other is refused.
+    # Under the start lock: of two workers starting a new study on different copies (or
+    # measuring setups), one records its own, the other is refused.
     with contextlib.closing(TrialStartLock(p.plan.url, p.plan.name)) as lock, lock():
         record_data(study, data)
+        setup = record_measuring_setup(study, p.measurer)
     config = study_config(study)
     progress.message(f"study {p.plan.name}: {count_complete(study)} of {request.budget} trials complete; storage {p.plan.url}")
-    progress.message(f"target {p.target.describe()}")
+    announce_target(p.target, p.measurer, setup, progress)
 
     device = train_device(request.train_device)
     proxy = data.train.take(balanced_subset(data.train.y, config.train_subset, config.seed))
@@ -161,6 +166,7 @@ def run_own_model_search(request: SearchRequest, p: Prepared, progress: SearchPr
     weights = request.explicit.get("weights") or config.weights
     data = load_study_data(config, request.data_dir, request.cache_dir, request.skip_bad_images)
     check_same_data(p.plan.name, p.plan.data, data)
+    check_same_setup(p.plan.name, p.plan.measuring_setup, p.measurer)
     if p.plan.exists:
         check_same_weights(p.plan.name, config.weights_sha256, weights)
     own = load_own_model(config.model, weights, data.num_classes, data.val.batch(slice(0, 1)))
@@ -173,9 +179,10 @@ def run_own_model_search(request: SearchRequest, p: Prepared, progress: SearchPr
     study, store = open_study(plan, data.resolution)
     with contextlib.closing(TrialStartLock(plan.url, plan.name)) as lock, lock():
         record_data(study, data)
+        setup = record_measuring_setup(study, p.measurer)
     config = study_config(study)
     progress.message(f"study {plan.name}: {count_complete(study)} of {request.budget} trials complete; storage {plan.url}")
-    progress.message(f"target {p.target.describe()}")
+    announce_target(p.target, p.measurer, setup, progress)
 
     device = train_device(request.train_device)
     subset = balanced_subset(data.train.y, config.train_subset, config.seed)
@@ -287,6 +294,43 @@ def check_same_data(study: str, stored: dict | None, data: Dataset) -> None:
         raise DatasetError(
             f"this copy of {data.name} is not study {study}'s data ({difference}): run this worker on the study's "
             "copy, or start a new --study"
+        )
+
+
+def record_measuring_setup(study: optuna.Study, measurer: Measurer) -> str:
+    """Keep how the study's latencies are timed (``measuring_setup``) with the study, once,
+    and refuse (``ConfigError``) a worker that would time them otherwise: the samplers and
+    the front rank latencies as comparable. A study made before it was recorded takes its
+    first measured trial's. The study's setup."""
+    recorded = study.user_attrs.get(attrs.STUDY_MEASURING_SETUP) or first_measuring_setup(study)
+    check_same_setup(study.study_name, recorded, measurer)
+    if attrs.STUDY_MEASURING_SETUP not in study.user_attrs:
+        recorded = recorded or measurer.identity()
+        study.set_user_attr(attrs.STUDY_MEASURING_SETUP, recorded)
+    return recorded
+
+
+def first_measuring_setup(study: optuna.Study) -> str | None:
+    measured = [t for t in study.get_trials(deepcopy=False) if attrs.MEASURED_ON in t.user_attrs]
+    return measuring_setup(min(measured, key=lambda t: t.number).user_attrs[attrs.MEASURED_ON]) if measured else None
+
+
+def check_same_setup(study: str, recorded: str | None, measurer: Measurer) -> None:
+    difference = None if recorded is None else setup_difference(recorded, measurer.identity())
+    if difference is not None:
+        raise ConfigError(
+            f"this worker would time latencies otherwise than study {study}'s trials were ({difference}): "
+            "run it with the study's target, board and ONNX Runtime, or start a new --study"
+        )
+
+
+def announce_target(target: Target, measurer: Measurer, study_setup: str, progress: SearchProgress) -> None:
+    progress.message(f"target {target.describe()}")
+    study_host, host = json.loads(study_setup).get("host"), json.loads(measurer.identity()).get("host")
+    if study_host != host:
+        progress.message(
+            f"latencies are timed on {host}, the study's first on {study_host}: a machine of the same kind, "
+            "though nothing checks that the two time alike (a board farm does)"
         )
 
 

@@ -3,6 +3,7 @@
 import json
 import socket
 import sqlite3
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -219,3 +220,73 @@ def test_a_study_made_before_its_data_was_recorded_records_it_when_joined(tmp_pa
     other = digits.__class__(**{**digits.__dict__, "train": digits.train.take(torch.arange(100))})
     with pytest.raises(DatasetError, match="not study old's data \\(images: train 100 here, 1150 in the study\\)"):
         record_data(study, other)
+
+
+def _host_setup(**changes) -> str:
+    from search.board.timing import measuring_setup
+    from search.stages.measure import LocalMeasurer
+    from search.targets import get_target
+
+    return measuring_setup({**LocalMeasurer(get_target("host")).machine, **changes})
+
+
+def test_a_worker_that_would_time_otherwise_than_the_study_is_refused_in_one_line_and_writes_nothing(tmp_path, digits):
+    db = tmp_path / "study.db"
+    url = f"sqlite:///{db}"
+    # As a worker timing on two threads left it (the host target before it timed on one).
+    study, store = open_study(plan_study("two-threads", url, {}), digits.resolution)
+    record_data(study, digits)
+    study.set_user_attr(attrs.STUDY_MEASURING_SETUP, _host_setup(threads=2))
+    store.close()
+    before = _dump(db)
+    result = run_nas(["--budget", "1", "--study", "two-threads", "--storage", url], cwd=tmp_path, timeout=180)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        "nas.py: error: this worker would time latencies otherwise than study two-threads's trials were "
+        "(threads 1 here, 2 in the study): run it with the study's target, board and ONNX Runtime, "
+        "or start a new --study"
+    )
+    assert _dump(db) == before
+    assert not (tmp_path / "study.db.lock").exists()  # refused before the study was opened
+
+
+def test_a_study_takes_its_first_measured_trial_s_setup_and_accepts_another_host_of_the_same_kind(tmp_path, digits):
+    from search.runner import announce_target, record_measuring_setup
+    from search.stages.measure import LocalMeasurer
+    from search.study.config import ConfigError
+    from search.targets import get_target
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study, store = open_study(plan_study("old", url, {}), digits.resolution)
+    store.close()
+    here = LocalMeasurer(get_target("host"))
+    # Made before the setup was recorded: its trials say where they were timed, the first one decides.
+    for number, threads in enumerate((2, 1)):
+        trial = study.ask()
+        trial.set_user_attr(attrs.MEASURED_ON, {**here.machine, "threads": threads})
+        study.tell(trial, (0.5, 1.0, 10.0))
+    with pytest.raises(ConfigError, match=r"study old's trials were \(threads 1 here, 2 in the study\)"):
+        record_measuring_setup(study, here)
+    assert attrs.STUDY_MEASURING_SETUP not in optuna.load_study(study_name="old", storage=url).user_attrs
+
+    elsewhere = LocalMeasurer(get_target("host"))
+    elsewhere.machine = {**elsewhere.machine, "threads": 2, "host": "another-machine"}
+    assert record_measuring_setup(study, elsewhere) == _host_setup(threads=2)
+    assert optuna.load_study(study_name="old", storage=url).user_attrs[attrs.STUDY_MEASURING_SETUP] == _host_setup(threads=2)
+    assert plan_study("old", url, {}).measuring_setup == _host_setup(threads=2)
+    said = []
+    announce_target(get_target("host"), elsewhere, _host_setup(threads=2), SimpleNamespace(message=said.append))
+    assert said[1] == (
+        f"latencies are timed on another-machine, the study's first on {socket.gethostname()}: a machine of the "
+        "same kind, though nothing checks that the two time alike (a board farm does)"
+    )
+
+
+def test_setups_differ_in_every_setting_but_the_host():
+    from search.board.timing import setup_difference
+
+    assert setup_difference(_host_setup(), _host_setup(host="elsewhere")) is None
+    assert setup_difference(_host_setup(onnxruntime="1.0.0"), _host_setup(threads=4)) == (
+        f"onnxruntime {json.loads(_host_setup())['onnxruntime']!r} here, '1.0.0' in the study; "
+        "threads 4 here, 1 in the study"
+    )

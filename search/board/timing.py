@@ -214,3 +214,19 @@ def measuring_setup(machine: dict) -> str:
     if machine.get("via") != "agent":
         keys += ("host",)
     return json.dumps({k: machine.get(k) for k in keys}, sort_keys=True)
+
+
+def setup_difference(recorded: str, here: str) -> str | None:
+    """Why measurements of setup ``here`` cannot sit beside those of ``recorded``
+    (``measuring_setup`` strings): each setting that differs, the host apart, or None.
+
+    Another host of the same kind is accepted: workers on several machines of one kind
+    may share a study (nothing checks that they time alike; a board farm does). A
+    different thread count, CPU, runtime or board kind would mix latencies that do not
+    compare, and the samplers and the front would rank them as if they did.
+    """
+    study, this = json.loads(recorded), json.loads(here)
+    keys = sorted((study.keys() | this.keys()) - {"host"})
+    differing = [f"{key} {this.get(key)!r} here, {study.get(key)!r} in the study" for key in keys
+                 if this.get(key) != study.get(key)]
+    return "; ".join(differing) or None

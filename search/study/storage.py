@@ -291,6 +291,7 @@ class StudyPlan:
     config: StudyConfig
     exists: bool
     data: dict | None = None  # Dataset.record() of the data it was made on (attrs.STUDY_DATA), where it has one
+    measuring_setup: str | None = None  # attrs.STUDY_MEASURING_SETUP, where it has one
 
 
 def plan_study(study: str | None, storage: str | None, explicit: dict) -> StudyPlan:
@@ -310,7 +311,10 @@ def plan_study(study: str | None, storage: str | None, explicit: dict) -> StudyP
     if stored is None:
         return StudyPlan(name, url, resolve(name, explicit, None), exists=False)
     config = StudyConfig.from_json(stored[attrs.STUDY_CONFIG])
-    return StudyPlan(name, url, resolve(name, explicit, config), exists=True, data=stored.get(attrs.STUDY_DATA))
+    return StudyPlan(
+        name, url, resolve(name, explicit, config), exists=True, data=stored.get(attrs.STUDY_DATA),
+        measuring_setup=stored.get(attrs.STUDY_MEASURING_SETUP),
+    )
 
 
 def existing_study(study: str, storage: str | None) -> StudyPlan:
