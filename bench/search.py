@@ -1,15 +1,15 @@
 """Does the search beat random sampling and the hand-designed baselines, and what does early stopping save?
 
     python bench/search.py fronts [--samplers nsga2,tpe,random,tpe:n_startup_trials=8] [--seeds 0,1,2] [--budget 50]
-                                  [--early-stop off|on|both] [--no-baselines]
+                                  [--early-stop off|on|both] [--no-baselines] [--settings cifar10 [--set train_subset=5000]]
     python bench/search.py sampler-overhead [--trials 1000] [--samplers nsga2,tpe]
     python bench/search.py trial-overhead --study NAME [--storage URL]
     python bench/search.py margins [--margins 0.01,0.02,0.03,0.05] [--study NAME [--storage URL]]
     python bench/search.py latency-drift --study NAME [--storage URL] [--rounds 5]
     python bench/search.py plans --study NAME [--plans default,threads=0] [--rounds 5]
 
-``fronts`` runs one digits study (default settings, as ``make search``) per sampler, seed
-and early-stop setting (a sampler named with keyword arguments, ``tpe:n_startup_trials=8``,
+``fronts`` runs one digits study (default settings, as ``make search``; or a study
+config's, ``--settings cifar10``) per sampler, seed and early-stop setting (a sampler named with keyword arguments, ``tpe:n_startup_trials=8``,
 is that setting tried before it becomes a default), in studies/bench-search/ (a rerun resumes and reuses them), and
 reports for each: the hypervolume of its feasible front, complete trials, wall time of
 the trial loop, and which baselines the front does not dominate. Objectives for the
@@ -76,7 +76,7 @@ from search.report.retime import retime
 from search.runner import SearchRequest, run_search
 from search.stages.measure import LocalMeasurer
 from search.study import attrs, early_stop, loop
-from search.study.config import StudyConfig
+from search.study.config import StudyConfig, load_toml
 from search.study.storage import Store, TrialStartLock, open_storage
 from spaces import get_space, sample_arch, sample_compression
 from search.targets import Target, get_target
@@ -132,9 +132,9 @@ def variant_sampler(name: str, kwargs: dict):
     return make
 
 
-def run_study(name: str, spec: str, seed: int, budget: int, early: bool, baselines: bool) -> list:
+def run_study(name: str, spec: str, seed: int, budget: int, early: bool, baselines: bool, settings: dict) -> list:
     sampler, kwargs = sampler_variant(spec)
-    explicit = {"sampler": sampler, "seed": seed, "early_stop": early, "baselines": baselines}
+    explicit = {**settings, "sampler": sampler, "seed": seed, "early_stop": early, "baselines": baselines}
     log(f"study {name}: {explicit} {kwargs or ''}, budget {budget}")
     default = loop.make_sampler
     loop.make_sampler = variant_sampler(sampler, kwargs)
@@ -168,19 +168,20 @@ def cmd_fronts(args) -> None:
     import os
 
     os.chdir(ROOT)
-    settings = {"off": [False], "on": [True], "both": [False, True]}[args.early_stop]
+    early_stops = {"off": [False], "on": [True], "both": [False, True]}[args.early_stop]
+    settings, prefix = study_settings(args.settings, args.set)
     results = {}
     rows = []
     for sampler in args.samplers.split(","):
         for seed in map(int, args.seeds.split(",")):
-            for early in settings:
+            for early in early_stops:
                 label = sampler.replace(":", "-").replace("=", "")
-                name = f"{label}-s{seed}-{'es' if early else 'full'}{'' if args.baselines else '-nob'}"
+                name = f"{prefix}{label}-s{seed}-{'es' if early else 'full'}{'' if args.baselines else '-nob'}"
                 if args.only_existing and not (WORK / f"{name}.db").exists():
                     continue
                 # Existing studies are read as they are: resuming one would start a search (and a report).
                 trials = _trials_of(name) if args.only_existing else run_study(name, sampler, seed, args.budget, early,
-                                                                              args.baselines)
+                                                                              args.baselines, settings)
                 report = front_of(trials)
                 feasible = [p for p in report.points if p.feasible]
                 hv = hypervolume(normalised(counted(trials)))
@@ -199,7 +200,7 @@ def cmd_fronts(args) -> None:
                 results[name] = entry
                 rows.append([name, f"{hv:.4f}", entry["complete"], entry["stopped"], entry["front"], entry["loop_s"],
                              ",".join(missed) or "-", entry.get("replay_front_lost", "-"), entry.get("replay_would_stop", "-")])
-    print_table("Fronts on digits (hypervolume vs reference error 1, 1 ms, 1024 KB)",
+    print_table(f"Fronts on {settings.get('dataset', 'digits')} (hypervolume vs reference error 1, 1 ms, 1024 KB)",
                 ["study", "HV", "complete", "stopped", "front", "loop s", "baselines not dominated",
                  "replay: front lost", "replay: stopped"], rows)
     union = _union_scaling(results)
@@ -210,6 +211,20 @@ def cmd_fronts(args) -> None:
                 ["study", "HV (union scaling)", "HV (fixed reference)"],
                 [[n, r["hypervolume_union"], r["hypervolume"]] for n, r in results.items()])
     print_json({"reference": REFERENCE, "studies": results, "summary": summary})
+
+
+def study_settings(toml: str | None, changes: str | None) -> tuple[dict, str]:
+    """The settings every study of ``fronts`` runs with, and the prefix of their names:
+    digits' defaults, or ``studies/<toml>.toml``'s (``cifar10``), with ``changes``
+    (``train_subset=5000,epochs=0.5``) on top."""
+    settings = load_toml(toml) if toml else {}
+    if toml and not settings:
+        raise SystemExit(f"bench/search.py: --settings {toml}: no studies/{toml}.toml")
+    changed = dict(item.split("=") for item in changes.split(",")) if changes else {}
+    for key, value in changed.items():
+        settings[key] = float(value) if "." in value else int(value) if value.isdigit() else value
+    prefix = "".join(f"{part}-" for part in [toml, *(f"{k}{v}" for k, v in changed.items())] if part)
+    return settings, prefix
 
 
 def _trials_of(name: str):
@@ -236,15 +251,15 @@ def _compare(results: dict) -> dict:
     by = {}
     for r in results.values():
         by.setdefault((r["sampler"], r["early_stop"]), []).append(r["hypervolume"])
-    random_full = by.get(("random", False))
     by_union = {}
     for r in results.values():
         by_union.setdefault((r["sampler"], r["early_stop"]), []).append(r["hypervolume_union"])
-    random_union = by_union.get(("random", False))
     for (sampler, early), hvs in sorted(by.items()):
+        # Against random sampling with the same early-stop setting.
+        random_fixed, random_union = by.get(("random", early)), by_union.get(("random", early))
         line = {"median_hv": statistics.median(hvs), "runs": len(hvs)}
-        if random_full:
-            line["vs_random_median"] = round(statistics.median(hvs) / statistics.median(random_full), 4)
+        if random_fixed:
+            line["vs_random_median"] = round(statistics.median(hvs) / statistics.median(random_fixed), 4)
         if random_union:
             union = by_union[(sampler, early)]
             line["union_median_hv"] = statistics.median(union)
@@ -488,6 +503,9 @@ def main() -> None:
     f.add_argument("--early-stop", choices=("off", "on", "both"), default="both")
     f.add_argument("--no-baselines", dest="baselines", action="store_false")
     f.add_argument("--only-existing", action="store_true", help="report only the studies already in studies/bench-search/")
+    f.add_argument("--settings", metavar="STUDY",
+                   help="run the studies with studies/STUDY.toml's settings (e.g. cifar10) instead of digits' defaults")
+    f.add_argument("--set", metavar="KEY=VALUE,...", help="settings changed on top, e.g. train_subset=5000")
     o = sub.add_parser("sampler-overhead")
     o.add_argument("--trials", type=int, default=1000)
     o.add_argument("--samplers", default="nsga2,tpe")
