@@ -358,6 +358,11 @@ def _study_teacher(args: argparse.Namespace, progress: TerminalProgress) -> int:
 
     explicit = {k: v for k, v in (("dataset", args.dataset), ("resolution", args.resolution)) if v is not None}
     plan = plan_study(args.study, args.storage, explicit)
+    if plan.config.model:
+        raise ConfigError(
+            f"study {plan.name} compresses your own network ({plan.config.model}): its teacher is that network, "
+            "with the weights the study was created with; there is no other teacher to install or train"
+        )
     check_dataset_name(plan.config.dataset, args.data_dir)
     data = load_dataset(plan.config.dataset, args.data_dir, args.cache_dir, plan.config.resolution, args.skip_bad_images)
     check_same_data(plan.name, plan.data, data)

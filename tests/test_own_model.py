@@ -231,6 +231,11 @@ def test_a_study_of_one_s_own_network_end_to_end_and_a_worker_with_other_weights
 
     _save(build_network(TINY, 10), tmp_path / "other.pt")  # same shapes, other values
     files = sorted(p.name for p in (tmp_path / "studies" / "byo").iterdir())
+    teacher = run_nas(["teacher", "--study", "byo", "--weights", "w.pt"], tmp_path)
+    assert teacher.returncode == 2 and teacher.stderr.strip().splitlines() == [
+        f"nas.py: error: study byo compresses your own network ({TINY}): its teacher is that network, with the "
+        "weights the study was created with; there is no other teacher to install or train"
+    ]
     refused = run_nas([*args[:2], "--weights", "other.pt", *args[4:]], tmp_path)
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines() == [
