@@ -122,7 +122,7 @@ def run_search(request: SearchRequest, progress: SearchProgress = SearchProgress
     # measuring setups), one records its own, the other is refused.
     with contextlib.closing(TrialStartLock(p.plan.url, p.plan.name)) as lock, lock():
         record_data(study, data)
-        setup = record_measuring_setup(study, p.measurer)
+        setup = record_measuring_setup(study, p.measurer, progress)
     config = study_config(study)
     progress.message(f"study {p.plan.name}: {count_complete(study)} of {request.budget} trials complete; storage {p.plan.url}")
     announce_target(p.target, p.measurer, setup, progress)
@@ -179,7 +179,7 @@ def run_own_model_search(request: SearchRequest, p: Prepared, progress: SearchPr
     study, store = open_study(plan, data.resolution)
     with contextlib.closing(TrialStartLock(plan.url, plan.name)) as lock, lock():
         record_data(study, data)
-        setup = record_measuring_setup(study, p.measurer)
+        setup = record_measuring_setup(study, p.measurer, progress)
     config = study_config(study)
     progress.message(f"study {plan.name}: {count_complete(study)} of {request.budget} trials complete; storage {plan.url}")
     announce_target(p.target, p.measurer, setup, progress)
@@ -297,17 +297,30 @@ def check_same_data(study: str, stored: dict | None, data: Dataset) -> None:
         )
 
 
-def record_measuring_setup(study: optuna.Study, measurer: Measurer) -> str:
+def record_measuring_setup(study: optuna.Study, measurer: Measurer, progress: SearchProgress) -> str:
     """Keep how the study's latencies are timed (``measuring_setup``) with the study, once,
     and refuse (``ConfigError``) a worker that would time them otherwise: the samplers and
-    the front rank latencies as comparable. A study made before it was recorded takes its
-    first measured trial's. The study's setup."""
-    recorded = study.user_attrs.get(attrs.STUDY_MEASURING_SETUP) or first_measuring_setup(study)
-    check_same_setup(study.study_name, recorded, measurer)
-    if attrs.STUDY_MEASURING_SETUP not in study.user_attrs:
-        recorded = recorded or measurer.identity()
-        study.set_user_attr(attrs.STUDY_MEASURING_SETUP, recorded)
-    return recorded
+    the front rank latencies as comparable. The study's setup.
+
+    A study made by an earlier version, which did not record it, takes this worker's and
+    is resumed: refusing it would strand every such study over a default that changed
+    under its user (the thread count did). Where its trials were timed otherwise, the
+    worker says so."""
+    recorded = study.user_attrs.get(attrs.STUDY_MEASURING_SETUP)
+    if recorded is not None:
+        check_same_setup(study.study_name, recorded, measurer)
+        return recorded
+    here = measurer.identity()
+    earlier = first_measuring_setup(study)
+    difference = None if earlier is None else setup_difference(earlier, here)
+    if difference is not None:
+        progress.message(
+            f"warning: study {study.study_name}'s earlier trials were timed otherwise ("
+            f"{difference.replace('in the study', 'in its first trial')}); their latencies do not compare with "
+            "this worker's. The study keeps this worker's setup from now on"
+        )
+    study.set_user_attr(attrs.STUDY_MEASURING_SETUP, here)
+    return here
 
 
 def first_measuring_setup(study: optuna.Study) -> str | None:

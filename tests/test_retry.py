@@ -37,11 +37,15 @@ def load(url: str) -> optuna.Study:
 
 
 def start_stuck_worker(url: str) -> subprocess.Popen:
-    """A real worker whose trial runs for ten minutes; returns once that trial is RUNNING."""
+    """A real worker whose trial runs for ten minutes; returns once that trial is RUNNING with
+    its parameters sampled (a kill between the two would leave nothing to run again)."""
     code = f"from test_loop import run_worker; run_worker({url!r}, 5, 10**9, 600)"
     proc = subprocess.Popen([sys.executable, "-c", code], env=WORKER_ENV, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
-    while not [t for t in trials_of(url) if t.state == TrialState.RUNNING and attrs.WORKER in t.user_attrs]:
+    def started(t: optuna.trial.FrozenTrial) -> bool:
+        return t.state == TrialState.RUNNING and attrs.WORKER in t.user_attrs and bool(t.params)
+
+    while not any(started(t) for t in trials_of(url)):
         assert proc.poll() is None, proc.stderr.read()
         assert time.time() < deadline, "the worker never started a trial"
         time.sleep(0.2)

@@ -250,7 +250,9 @@ def test_a_worker_that_would_time_otherwise_than_the_study_is_refused_in_one_lin
     assert not (tmp_path / "study.db.lock").exists()  # refused before the study was opened
 
 
-def test_a_study_takes_its_first_measured_trial_s_setup_and_accepts_another_host_of_the_same_kind(tmp_path, digits):
+def test_an_earlier_version_s_study_takes_this_worker_s_setup_with_a_warning_and_accepts_another_host_of_its_kind(
+    tmp_path, digits,
+):
     from search.runner import announce_target, record_measuring_setup
     from search.stages.measure import LocalMeasurer
     from search.study.config import ConfigError
@@ -260,22 +262,31 @@ def test_a_study_takes_its_first_measured_trial_s_setup_and_accepts_another_host
     study, store = open_study(plan_study("old", url, {}), digits.resolution)
     store.close()
     here = LocalMeasurer(get_target("host"))
-    # Made before the setup was recorded: its trials say where they were timed, the first one decides.
-    for number, threads in enumerate((2, 1)):
+    # Made before the setup was recorded: its trials say where they were timed.
+    for threads in (2, 1):
         trial = study.ask()
         trial.set_user_attr(attrs.MEASURED_ON, {**here.machine, "threads": threads})
         study.tell(trial, (0.5, 1.0, 10.0))
-    with pytest.raises(ConfigError, match=r"study old's trials were \(threads 1 here, 2 in the study\)"):
-        record_measuring_setup(study, here)
-    assert attrs.STUDY_MEASURING_SETUP not in optuna.load_study(study_name="old", storage=url).user_attrs
-
-    elsewhere = LocalMeasurer(get_target("host"))
-    elsewhere.machine = {**elsewhere.machine, "threads": 2, "host": "another-machine"}
-    assert record_measuring_setup(study, elsewhere) == _host_setup(threads=2)
-    assert optuna.load_study(study_name="old", storage=url).user_attrs[attrs.STUDY_MEASURING_SETUP] == _host_setup(threads=2)
-    assert plan_study("old", url, {}).measuring_setup == _host_setup(threads=2)
     said = []
-    announce_target(get_target("host"), elsewhere, _host_setup(threads=2), SimpleNamespace(message=said.append))
+    assert record_measuring_setup(study, here, SimpleNamespace(message=said.append)) == _host_setup()
+    assert said == [
+        "warning: study old's earlier trials were timed otherwise (threads 1 here, 2 in its first trial); their "
+        "latencies do not compare with this worker's. The study keeps this worker's setup from now on"
+    ]
+    assert optuna.load_study(study_name="old", storage=url).user_attrs[attrs.STUDY_MEASURING_SETUP] == _host_setup()
+    assert plan_study("old", url, {}).measuring_setup == _host_setup()
+
+    # From now on the recorded setup decides: two threads are refused, another host of the kind is not.
+    two_threads = LocalMeasurer(get_target("host"))
+    two_threads.machine = {**two_threads.machine, "threads": 2}
+    with pytest.raises(ConfigError, match=r"study old's trials were \(threads 2 here, 1 in the study\)"):
+        record_measuring_setup(study, two_threads, SimpleNamespace(message=said.append))
+    elsewhere = LocalMeasurer(get_target("host"))
+    elsewhere.machine = {**elsewhere.machine, "host": "another-machine"}
+    assert record_measuring_setup(study, elsewhere, SimpleNamespace(message=said.append)) == _host_setup()
+    assert len(said) == 1
+    said = []
+    announce_target(get_target("host"), elsewhere, _host_setup(), SimpleNamespace(message=said.append))
     assert said[1] == (
         f"latencies are timed on another-machine, the study's first on {socket.gethostname()}: a machine of the "
         "same kind, though nothing checks that the two time alike (a board farm does)"

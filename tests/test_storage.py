@@ -196,6 +196,9 @@ def test_the_previous_version_s_study_resumes_to_one_more_complete_trial(tmp_pat
     args = ["--study", LEGACY, "--storage", legacy_url, "--budget", str(budget), "--cache-dir", str(cache_dir)]
     result = run_nas(args, tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
+    # Its trials were timed with two threads (an AMD EPYC): resumed, with a warning.
+    assert "warning: study legacy's earlier trials were timed otherwise (" in result.stderr + result.stdout
+    assert "threads 1 here, 2 in its first trial" in result.stderr + result.stdout
     (after,) = study_summaries(legacy_url, LEGACY, tmp_path)
     assert after.counts["COMPLETE"] == budget
     assert after.config == before.config  # the stored settings ran the new trial

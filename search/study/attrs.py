@@ -71,8 +71,8 @@ STUDY_TEACHER_ACCURACY = "teacher_accuracy"  # {sha256 of the teacher's ONNX fil
 # "latency": {"p50_ms", "p90_ms", "measured_on"} where and when first measured, or null}.
 STUDY_TEACHER_FILE = "teacher_file"
 STUDY_DATA = "data"  # Dataset.record() of the data the study started on: preprocessing, class names, identity
-# board.timing.measuring_setup of the study's latencies (its first trial's, or its first
-# worker's): a worker that would time them otherwise is refused (runner.record_measuring_setup).
+# board.timing.measuring_setup of the study's latencies (its first worker's): a worker that
+# would time them otherwise is refused (runner.record_measuring_setup).
 STUDY_MEASURING_SETUP = "measuring_setup"
 STUDY_WORKERS_JOINED = "workers_joined"  # how many workers have run the trial loop: seeds each one's sampler
 # finalized:<trial number>: one per finalized trial (``nas.py finalize``), so that runs
