@@ -40,8 +40,10 @@ class TimingPlan:
     min_seconds: float = 0.5
     # Warm-up 0.05 s and 1,000 runs (from 0.2 s and 2,000) cost 0.16 s a measurement of a
     # digits file instead of 0.39, and moved no file's p50 by more than 1% (50 files, 5
-    # interleaved rounds, one thread: bench/search.py plans, BENCHMARKS.md).
-    max_runs: int = 1000
+    # interleaved rounds, one thread: bench/search.py plans, BENCHMARKS.md); 500 runs cost
+    # 0.11 s against 1,000's 0.14 and ordered the files as well (tau 0.93 against 0.94).
+    # The report re-times its front anyway (report.retime).
+    max_runs: int = 500
     max_seconds: float = 10.0  # stop early on a very slow model; stats still from >= 5 runs a session
 
     def __post_init__(self):
