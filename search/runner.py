@@ -91,7 +91,8 @@ def prepare(request: SearchRequest) -> Prepared:
 
 def check_plan(plan: StudyPlan, data_dir: str | None, device: str | None, token: str | None, training_on: str) -> Prepared:
     """Check what a planned study needs of this machine: its data set, search space,
-    target (the board agent included) and training device. Writes nothing."""
+    target (the board agent included), training device, and that latencies would be
+    timed here as the study's were. Writes nothing."""
     check_dataset_name(plan.config.dataset, data_dir)
     if plan.config.space != "auto":
         try:
@@ -103,7 +104,9 @@ def check_plan(plan: StudyPlan, data_dir: str | None, device: str | None, token:
         train_device(training_on)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return Prepared(plan, target, make_measurer(target, token))
+    measurer = make_measurer(target, token)
+    check_same_setup(plan.name, plan.measuring_setup, measurer)
+    return Prepared(plan, target, measurer)
 
 
 def run_search(request: SearchRequest, progress: SearchProgress = SearchProgress()) -> Report:
@@ -114,7 +117,6 @@ def run_search(request: SearchRequest, progress: SearchProgress = SearchProgress
     data = load_dataset(config.dataset, request.data_dir, request.cache_dir, config.resolution, request.skip_bad_images)
     # Before the study is opened: a refused worker writes nothing.
     check_same_data(p.plan.name, p.plan.data, data)
-    check_same_setup(p.plan.name, p.plan.measuring_setup, p.measurer)
     check_teacher_data(p.plan.url, p.plan.name, data)
     announce_data(data, progress)
     study, store = open_study(p.plan, data.resolution)
@@ -166,7 +168,6 @@ def run_own_model_search(request: SearchRequest, p: Prepared, progress: SearchPr
     weights = request.explicit.get("weights") or config.weights
     data = load_study_data(config, request.data_dir, request.cache_dir, request.skip_bad_images)
     check_same_data(p.plan.name, p.plan.data, data)
-    check_same_setup(p.plan.name, p.plan.measuring_setup, p.measurer)
     if p.plan.exists:
         check_same_weights(p.plan.name, config.weights_sha256, weights)
     own = load_own_model(config.model, weights, data.num_classes, data.val.batch(slice(0, 1)))

@@ -313,7 +313,6 @@ def test_trials_that_cannot_be_finalized_are_one_line_exit_2_and_nothing_written
 def test_finalize_on_a_copy_of_the_data_that_is_not_the_study_s_is_refused_and_writes_nothing(
     searched, tmp_path, monkeypatch, capsys, digits
 ):
-    import nas
     import search.finalize
 
     cwd = _copy(searched, tmp_path)
@@ -321,16 +320,42 @@ def test_finalize_on_a_copy_of_the_data_that_is_not_the_study_s_is_refused_and_w
     # This machine's copy: one training image fewer than the study's.
     fewer = dataclasses.replace(digits, train=digits.train.take(torch.arange(1, len(digits.train))))
     monkeypatch.setattr(search.finalize, "load_dataset", lambda *args, **kwargs: fewer)
+    assert _finalize_refused(cwd, capsys) == (
+        f"nas.py: error: this copy of digits is not study {STUDY}'s data (images: train 1149 here, 1150 in the study): "
+        "run this worker on the study's copy, or start a new --study"
+    )
+
+
+def test_finalize_that_would_time_otherwise_than_the_search_is_refused_and_writes_nothing(
+    searched, tmp_path, monkeypatch, capsys
+):
+    from search.board.timing import measuring_setup
+    from search.stages.measure import LocalMeasurer
+    from search.targets import get_target
+
+    cwd = _copy(searched, tmp_path)
+    monkeypatch.chdir(cwd)
+    # The study as if searched with two ONNX Runtime threads: its finalized files would be timed otherwise.
+    _open(cwd)[0].set_user_attr(
+        attrs.STUDY_MEASURING_SETUP, measuring_setup({**LocalMeasurer(get_target("host")).machine, "threads": 2})
+    )
+    assert _finalize_refused(cwd, capsys) == (
+        f"nas.py: error: this worker would time latencies otherwise than study {STUDY}'s trials were (threads 1 here, "
+        "2 in the study): run it with the study's target, board and ONNX Runtime, or start a new --study"
+    )
+
+
+def _finalize_refused(cwd, capsys) -> str:
+    """``finalize --front`` in ``cwd``, which must exit 2 with one line and write nothing: the line."""
+    import nas
+
     db = cwd / "studies" / STUDY / "study.db"
     before = _dump(db)
     assert nas.main(["finalize", "--study", STUDY, "--front"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line == (
-        f"nas.py: error: this copy of digits is not study {STUDY}'s data (images: train 1149 here, 1150 in the study): "
-        "run this worker on the study's copy, or start a new --study"
-    )
     assert _dump(db) == before
     assert not (cwd / "studies" / STUDY / "finalize").exists()
+    return line
 
 
 def _dump(db) -> list[str]:
