@@ -313,12 +313,11 @@ def record_measuring_setup(study: optuna.Study, measurer: Measurer, progress: Se
         return recorded
     here = measurer.identity()
     earlier = first_measuring_setup(study)
-    difference = None if earlier is None else setup_difference(earlier, here)
+    difference = None if earlier is None else setup_difference(earlier, here, "its first trial")
     if difference is not None:
         progress.message(
-            f"warning: study {study.study_name}'s earlier trials were timed otherwise ("
-            f"{difference.replace('in the study', 'in its first trial')}); their latencies do not compare with "
-            "this worker's. The study keeps this worker's setup from now on"
+            f"warning: study {study.study_name}'s earlier trials were timed otherwise ({difference}); their "
+            "latencies do not compare with this worker's. The study keeps this worker's setup from now on"
         )
     study.set_user_attr(attrs.STUDY_MEASURING_SETUP, here)
     return here

@@ -150,9 +150,37 @@ def test_int8_static_trial_reports_the_accuracy_of_the_quantized_file(tmp_path, 
     assert -(2 ** (bits - 1)) <= codes.min() and codes.max() <= 2 ** (bits - 1)
     assert np.abs(codes).max() > 2 ** (bits - 2)
     assert ua[attrs.SIZE_BYTES] == len(deployed) < ua[attrs.SIZE_BYTES_FP32]
-    # Before quantization the file computes what the PyTorch model does: the same accuracy.
-    assert ua[attrs.ACCURACY_BEFORE_QUANT] == pytest.approx(ua[attrs.ACCURACY_TORCH], abs=1.5 / len(digits.val))
     assert size_kb == pytest.approx(len(deployed) / 1024) and latency == ua[attrs.LATENCY_P50] > 0
+
+
+def test_accuracy_is_the_shipped_file_s_and_accuracy_before_quantization_the_fp32_file_s(
+    tmp_path, monkeypatch, digits, teacher
+):
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from search.stages.evaluate import onnx_accuracy
+
+    files = {}
+
+    def class_zero_always(fp32, comp, calibration, target):
+        """A shipped file whose logits are all zero: it answers class 0 for every image."""
+        model = onnx.load_from_string(fp32)
+        graph = model.graph
+        producer = next(n for n in graph.node if graph.output[0].name in n.output)
+        producer.output[:] = ["unscaled"]
+        graph.initializer.append(numpy_helper.from_array(np.zeros(1, np.float32), "zero"))
+        graph.node.append(helper.make_node("Mul", ["unscaled", "zero"], [graph.output[0].name]))
+        files["fp32"], files["shipped"] = fp32, model.SerializeToString()
+        return files["shipped"]
+
+    monkeypatch.setattr(objective, "quantize_for", class_zero_always)
+    ctx = _context(tmp_path, digits, teacher, batch_size=32)  # enough steps to beat chance by far
+    trial, (acc, _, _) = _run_fixed(ctx, 1, quant="int8-static", calib_method="minmax")
+    ua = trial.user_attrs
+    assert acc == ua[attrs.ACCURACY] == onnx_accuracy(files["shipped"], digits.val)
+    assert acc == pytest.approx((digits.val.y == 0).double().mean().item())
+    assert ua[attrs.ACCURACY_BEFORE_QUANT] == onnx_accuracy(files["fp32"], digits.val) > 0.5
 
 
 def test_a_size_limit_holds_for_the_file_that_ships(tmp_path, monkeypatch, digits, teacher):

@@ -20,7 +20,7 @@ from search.study.teacher_store import TeacherStore
 
 REQUIRED_ATTRS = [
     attrs.ARCH, attrs.PARAMS, attrs.MACS, attrs.SIZE_BYTES, attrs.LATENCY_P50, attrs.LATENCY_P90,
-    attrs.ACCURACY, attrs.ACCURACY_TORCH, attrs.TARGET, attrs.MEASURED_ON, attrs.PRUNE_RATIO,
+    attrs.ACCURACY, attrs.TARGET, attrs.MEASURED_ON, attrs.PRUNE_RATIO,
     attrs.CHANNEL_ROUND, attrs.QUANT, attrs.CALIB_METHOD, attrs.PARAMS_BEFORE_PRUNE,
     attrs.ACCURACY_BEFORE_QUANT, attrs.SIZE_BYTES_FP32, attrs.TEACHER_SHA256,
 ] + [attrs.SECONDS_PREFIX + s for s in ("cost", "train", "prune", "export", "quantize", "evaluate", "measure")]

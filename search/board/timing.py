@@ -218,9 +218,10 @@ def measuring_setup(machine: dict) -> str:
     return json.dumps({k: machine.get(k) for k in keys}, sort_keys=True)
 
 
-def setup_difference(recorded: str, here: str) -> str | None:
+def setup_difference(recorded: str, here: str, recorded_in: str = "the study") -> str | None:
     """Why measurements of setup ``here`` cannot sit beside those of ``recorded``
-    (``measuring_setup`` strings): each setting that differs, the host apart, or None.
+    (``measuring_setup`` strings, the latter named ``recorded_in``): each setting that
+    differs, the host apart, or None.
 
     Another host of the same kind is accepted: workers on several machines of one kind
     may share a study (nothing checks that they time alike; a board farm does). A
@@ -229,6 +230,6 @@ def setup_difference(recorded: str, here: str) -> str | None:
     """
     study, this = json.loads(recorded), json.loads(here)
     keys = sorted((study.keys() | this.keys()) - {"host"})
-    differing = [f"{key} {this.get(key)!r} here, {study.get(key)!r} in the study" for key in keys
+    differing = [f"{key} {this.get(key)!r} here, {study.get(key)!r} in {recorded_in}" for key in keys
                  if this.get(key) != study.get(key)]
     return "; ".join(differing) or None

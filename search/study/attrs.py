@@ -16,7 +16,6 @@ MACS = "macs"
 SIZE_BYTES = "size_bytes"  # the deployed ONNX file
 SIZE_BYTES_FP32 = "size_bytes_fp32"  # the fp32 export of the same (pruned) network
 ACCURACY = "accuracy"  # validation split, deployed ONNX file under ONNX Runtime
-ACCURACY_TORCH = "accuracy_torch"  # validation split, the PyTorch model before export
 ACCURACY_BEFORE_QUANT = "accuracy_before_quant"  # validation split, fp32 ONNX
 ACCURACY_ON_TARGET = "accuracy_on_target"  # validation split, deployed file run by the board agent
 PARITY_MAX_DIFF = "parity_max_abs_diff"

@@ -175,7 +175,6 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext, candidate: Candidate) -> t
         trial.set_user_attr(attrs.ARCH, str(model.spec))
         trial.set_user_attr(attrs.PARAMS, cost.params)
         trial.set_user_attr(attrs.MACS, cost.macs)
-        trial.set_user_attr(attrs.ACCURACY_TORCH, accuracy(predict_logits(model, data.val), data.val.y))
 
     return deploy(trial, ctx, model, comp, calibration, {**metadata, "arch": str(model.spec)})
 

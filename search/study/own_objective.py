@@ -98,9 +98,6 @@ def run_own_trial(trial: optuna.Trial, ctx: OwnModelContext, comp: ModelCompress
         trial.set_user_attr(attrs.ARCH, network)
         trial.set_user_attr(attrs.PARAMS, cost.params)
         trial.set_user_attr(attrs.MACS, cost.macs)
-        # No accuracy_torch: a user's network can cost as much to evaluate as it takes to
-        # fine-tune (a ResNet-18 on CIFAR-10's validation split: 2 min here); the fp32 file's
-        # accuracy (accuracy_before_quant) tells the same about export.
 
     return deploy(trial, ctx, model, comp, calibration, {**file_metadata(data), "arch": network})
 
